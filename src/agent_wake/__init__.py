@@ -1,0 +1,69 @@
+"""agent-wake: the SQLAlchemy 2.0 data layer for long-running agents' wake
+schedules, fires and webhook subscriptions on PostgreSQL."""
+
+from agent_wake.alembic_env import STANDIN_VERSIONS, WAKE_VERSIONS, alembic_config
+from agent_wake.database import create_engine_and_session_factory, resolve_database_url
+from agent_wake.enums import (
+    EXECUTION_MODES,
+    FINAL_FIRE_STATUSES,
+    FIRE_STATUSES,
+    MISSED_FIRE_POLICIES,
+    OUTPUT_FIRE_STATUSES,
+    SCHEDULE_STATUSES,
+    SUBSCRIPTION_STATUSES,
+    ExecutionMode,
+    FireStatus,
+    MissedFirePolicy,
+    ScheduleStatus,
+    SubscriptionStatus,
+)
+from agent_wake.errors import (
+    AgentWakeError,
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    SecretDecryptionError,
+)
+from agent_wake.fire_repository import WakeFireRepository
+from agent_wake.models import AgentSkill, Base, Conversation, WakeFire, WakeSchedule, WebhookSubscription
+from agent_wake.schedule_configs import register_schedule_type, validate_schedule_config
+from agent_wake.schedule_repository import WakeScheduleRepository
+from agent_wake.secret_box import SecretBox
+from agent_wake.webhook_repository import WebhookSubscriptionRepository
+
+__all__ = [
+    "EXECUTION_MODES",
+    "FINAL_FIRE_STATUSES",
+    "FIRE_STATUSES",
+    "MISSED_FIRE_POLICIES",
+    "OUTPUT_FIRE_STATUSES",
+    "SCHEDULE_STATUSES",
+    "STANDIN_VERSIONS",
+    "SUBSCRIPTION_STATUSES",
+    "WAKE_VERSIONS",
+    "AgentSkill",
+    "AgentWakeError",
+    "Base",
+    "ConflictError",
+    "Conversation",
+    "ExecutionMode",
+    "FireStatus",
+    "InvalidInputError",
+    "MissedFirePolicy",
+    "NotFoundError",
+    "ScheduleStatus",
+    "SecretBox",
+    "SecretDecryptionError",
+    "SubscriptionStatus",
+    "WakeFire",
+    "WakeFireRepository",
+    "WakeSchedule",
+    "WakeScheduleRepository",
+    "WebhookSubscription",
+    "WebhookSubscriptionRepository",
+    "alembic_config",
+    "create_engine_and_session_factory",
+    "register_schedule_type",
+    "resolve_database_url",
+    "validate_schedule_config",
+]

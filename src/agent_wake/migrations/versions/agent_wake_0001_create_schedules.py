@@ -1,0 +1,98 @@
+"""Step 1: create agent_wake_schedules and its four indexes.
+
+Revision ID: agent_wake_0001
+Revises: agent_wake_upstream
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import postgresql
+
+revision: str = "agent_wake_0001"
+down_revision: str | Sequence[str] | None = "agent_wake_upstream"
+branch_labels: str | Sequence[str] | None = ("agent_wake",)
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "agent_wake_schedules",
+        sa.Column("conversation_id", postgresql.UUID(as_uuid=True), nullable=False),
+        sa.Column("schedule_id", postgresql.UUID(as_uuid=True), nullable=False),
+        sa.Column("user_id", postgresql.UUID(as_uuid=True), nullable=False),
+        sa.Column("agent_id", postgresql.UUID(as_uuid=True), nullable=False),
+        sa.Column("skill_id", postgresql.UUID(as_uuid=True), nullable=True),
+        sa.Column("schedule_type", sa.Text(), nullable=False),
+        sa.Column(
+            "schedule_config",
+            postgresql.JSONB(),
+            server_default=sa.text("'{}'::jsonb"),
+            nullable=False,
+        ),
+        sa.Column("task_prompt", sa.Text(), nullable=True),
+        sa.Column("execution_mode", sa.Text(), server_default=sa.text("'inline'"), nullable=False),
+        sa.Column("status", sa.Text(), server_default=sa.text("'active'"), nullable=False),
+        sa.Column("next_fire_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_fired_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("name", sa.Text(), nullable=True),
+        sa.Column("missed_fire_policy", sa.Text(), server_default=sa.text("'coalesce'"), nullable=False),
+        sa.Column("context_from_schedule_id", postgresql.UUID(as_uuid=True), nullable=True),
+        sa.Column(
+            "date_created",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column(
+            "date_updated",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.PrimaryKeyConstraint("conversation_id", "schedule_id", name="agent_wake_schedules_pkey"),
+        sa.UniqueConstraint("schedule_id", name="agent_wake_schedules_schedule_id_key"),
+        sa.ForeignKeyConstraint(
+            ["skill_id"],
+            ["agent_skills.skill_id"],
+            name="agent_wake_schedules_skill_fk",
+            ondelete="SET NULL",
+        ),
+        sa.ForeignKeyConstraint(
+            ["context_from_schedule_id"],
+            ["agent_wake_schedules.schedule_id"],
+            name="agent_wake_schedules_context_from_fk",
+            ondelete="SET NULL",
+        ),
+        sa.CheckConstraint(
+            "execution_mode IN ('inline', 'spawn')",
+            name="agent_wake_schedules_execution_mode_check",
+        ),
+        sa.CheckConstraint(
+            "status IN ('active', 'paused', 'expired')",
+            name="agent_wake_schedules_status_check",
+        ),
+        sa.CheckConstraint(
+            "missed_fire_policy IN ('coalesce', 'catch_up')",
+            name="agent_wake_schedules_missed_fire_policy_check",
+        ),
+    )
+    op.create_index(
+        "idx_wake_schedules_next_fire",
+        "agent_wake_schedules",
+        ["next_fire_at"],
+        postgresql_where=sa.text("status = 'active' AND next_fire_at IS NOT NULL"),
+    )
+    op.create_index("idx_wake_schedules_conv_status", "agent_wake_schedules", ["conversation_id", "status"])
+    op.create_index("idx_wake_schedules_user", "agent_wake_schedules", ["user_id"])
+    op.create_index(
+        "idx_wake_schedules_context_from",
+        "agent_wake_schedules",
+        ["context_from_schedule_id"],
+        postgresql_where=sa.text("context_from_schedule_id IS NOT NULL"),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("agent_wake_schedules")

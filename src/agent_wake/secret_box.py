@@ -1,0 +1,69 @@
+"""Encryption of webhook secrets at rest, over ``cryptography``'s Fernet.
+
+HMAC verification needs the raw secret, so it is encrypted rather than
+hashed. Several keys allow rotation: new ciphertext uses the first key,
+and any key decrypts.
+"""
+
+import secrets
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+from agent_wake.errors import InvalidInputError, SecretDecryptionError
+
+__all__ = ["SecretBox"]
+
+_GENERATED_SECRET_BYTES = 32
+
+
+class SecretBox:
+    """Encrypts and decrypts webhook secrets with one or more Fernet keys.
+
+    Neither keys nor plaintexts ever appear in its ``repr`` or its errors.
+    """
+
+    def __init__(self, fernets: list[Fernet]) -> None:
+        if not fernets:
+            raise InvalidInputError("keys", "at least one Fernet key is required")
+        self._fernet = MultiFernet(fernets)
+        self._key_count = len(fernets)
+
+    @classmethod
+    def from_keys(cls, *keys: str | bytes) -> "SecretBox":
+        """A box over these url-safe base64 Fernet keys; the first one encrypts."""
+        fernets = []
+        for position, key in enumerate(keys):
+            try:
+                fernets.append(Fernet(key))
+            except (ValueError, TypeError):
+                # The message names the position only: the key itself is secret.
+                raise InvalidInputError(
+                    f"keys[{position}]", "must be a 32-byte url-safe base64 Fernet key"
+                ) from None
+        return cls(fernets)
+
+    @staticmethod
+    def generate_key() -> str:
+        """A new random Fernet key, as text to keep in a secret store."""
+        return Fernet.generate_key().decode("ascii")
+
+    @staticmethod
+    def generate_secret() -> str:
+        """A new random webhook secret (256 bits, url-safe text)."""
+        return secrets.token_urlsafe(_GENERATED_SECRET_BYTES)
+
+    def encrypt(self, plaintext: str) -> bytes:
+        """Fernet ciphertext of ``plaintext`` under the first key."""
+        return self._fernet.encrypt(plaintext.encode("utf-8"))
+
+    def decrypt(self, ciphertext: bytes) -> str:
+        """The plaintext of ``ciphertext``; refuses one that no key opens."""
+        try:
+            return self._fernet.decrypt(ciphertext).decode("utf-8")
+        except InvalidToken:
+            raise SecretDecryptionError(
+                "the stored secret cannot be decrypted with any configured key"
+            ) from None
+
+    def __repr__(self) -> str:
+        return f"SecretBox(keys={self._key_count})"
