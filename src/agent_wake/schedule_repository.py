@@ -122,7 +122,7 @@ class WakeScheduleRepository:
             )
         self._session.add(schedule)
         with translate_database_errors():
-            await self._session.flush([schedule])
+            await self._session.flush()
         return schedule
 
     async def get(self, conversation_id: uuid.UUID, schedule_id: uuid.UUID) -> WakeSchedule | None:
@@ -175,7 +175,7 @@ class WakeScheduleRepository:
         return int((await self._session.execute(statement)).scalar_one())
 
     async def update(
-        self, conversation_id: uuid.UUID, schedule_id: uuid.UUID, **changes: Any
+        self, conversation_id: uuid.UUID, schedule_id: uuid.UUID, /, **changes: Any
     ) -> WakeSchedule:
         """Change the named fields and return the schedule.
 

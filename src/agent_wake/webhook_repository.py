@@ -97,7 +97,7 @@ class WebhookSubscriptionRepository:
         )
         self._session.add(subscription)
         with translate_database_errors():
-            await self._session.flush([subscription])
+            await self._session.flush()
         return subscription
 
     async def get(self, conversation_id: uuid.UUID, subscription_id: uuid.UUID) -> WebhookSubscription | None:
