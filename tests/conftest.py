@@ -96,4 +96,4 @@ async def session(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
 
 @pytest.fixture(scope="session")
 def secret_box() -> Iterator[SecretBox]:
-    yield SecretBox.from_keys(SecretBox.generate_key())
+    return SecretBox.from_keys(SecretBox.generate_key())

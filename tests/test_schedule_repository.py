@@ -124,7 +124,8 @@ async def test_list_for_conversation_is_newest_first(
     second = await factories.schedule(session, conversation_id)
     await session.execute(
         text(
-            "UPDATE agent_wake_schedules SET date_created = date_created - interval '1 hour' WHERE schedule_id = :s"
+            "UPDATE agent_wake_schedules SET date_created = date_created - interval '1 hour' "
+            "WHERE schedule_id = :s"
         ),
         {"s": first.schedule_id},
     )
@@ -163,7 +164,8 @@ async def test_update_changes_named_fields_and_bumps_date_updated(
     stored = (
         await session.execute(
             text(
-                "SELECT name, date_updated > now() - interval '1 minute' AS fresh FROM agent_wake_schedules WHERE schedule_id = :s"
+                "SELECT name, date_updated > now() - interval '1 minute' AS fresh "
+                "FROM agent_wake_schedules WHERE schedule_id = :s"
             ),
             {"s": created.schedule_id},
         )
@@ -238,7 +240,8 @@ async def test_resume_never_revives_an_expired_schedule(
     with pytest.raises(ConflictError, match="expired"):
         await repo.pause(created.conversation_id, created.schedule_id)
     stored = await repo.get(created.conversation_id, created.schedule_id)
-    assert stored is not None and stored.status == "expired"
+    assert stored is not None
+    assert stored.status == "expired"
 
 
 async def test_resume_refuses_a_naive_next_fire(repo: WakeScheduleRepository, session: AsyncSession) -> None:
@@ -294,7 +297,8 @@ async def test_claim_and_reschedule_can_expire_a_one_shot(
     )
     assert won
     stored = await repo.get(created.conversation_id, created.schedule_id)
-    assert stored is not None and (stored.status, stored.next_fire_at) == ("expired", None)
+    assert stored is not None
+    assert (stored.status, stored.next_fire_at) == ("expired", None)
 
 
 async def test_claim_and_reschedule_refuses_an_active_schedule_without_a_next_fire(
