@@ -11,6 +11,7 @@ its data stays in the folder for the next start.
 import logging
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,11 @@ def start_embedded_server(data_dir: Path | None = None) -> str:
     server = _embedded_servers.get(folder)
     if server is None:
         try:
-            from pgserver.postgres_server import get_server
+            with warnings.catch_warnings():
+                # pgserver resolves a runtime folder at import and warns when
+                # XDG_RUNTIME_DIR is unset, which is normal outside a desktop.
+                warnings.simplefilter("ignore")
+                from pgserver.postgres_server import get_server
         except ImportError as exc:
             raise AgentWakeError(
                 f"no database URL given ({DATABASE_URL_VARIABLE} is unset) and the embedded "
