@@ -16,7 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
-from agent_wake import SecretBox, alembic_config
+from agent_wake import SecretBox, alembic_config, install_partition_guard
 from agent_wake.database import resolve_database_url, start_embedded_server
 
 TEST_DATABASE_URL_VARIABLE = "AGENT_WAKE_TEST_DATABASE_URL"
@@ -75,6 +75,7 @@ async def database_url(scratch_databases: ScratchDatabases) -> str:
 @pytest.fixture(scope="session")
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     engine = create_async_engine(database_url)
+    install_partition_guard(engine, mode="raise")
     yield engine
     await engine.dispose()
 

@@ -44,7 +44,8 @@ async def test_deleting_a_schedule_removes_its_fires(session: AsyncSession) -> N
     )
     await WakeScheduleRepository(session).delete(schedule.conversation_id, schedule.schedule_id)
     remaining = await session.execute(
-        text("SELECT count(*) FROM wake_fires WHERE fire_id = :f"), {"f": fire.fire_id}
+        text("SELECT count(*) FROM wake_fires WHERE conversation_id = :c AND fire_id = :f"),
+        {"c": schedule.conversation_id, "f": fire.fire_id},
     )
     assert remaining.scalar_one() == 0
 

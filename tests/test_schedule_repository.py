@@ -39,8 +39,11 @@ async def test_create_returns_the_stored_row_with_server_defaults(
     assert created.date_created.tzinfo is not None
     row = (
         await session.execute(
-            text("SELECT schedule_config FROM agent_wake_schedules WHERE schedule_id = :s"),
-            {"s": created.schedule_id},
+            text(
+                "SELECT schedule_config FROM agent_wake_schedules "
+                "WHERE conversation_id = :c AND schedule_id = :s"
+            ),
+            {"c": created.conversation_id, "s": created.schedule_id},
         )
     ).one()
     assert row.schedule_config == {"expr": "0 */3 * * *"}
@@ -125,9 +128,9 @@ async def test_list_for_conversation_is_newest_first(
     await session.execute(
         text(
             "UPDATE agent_wake_schedules SET date_created = date_created - interval '1 hour' "
-            "WHERE schedule_id = :s"
+            "WHERE conversation_id = :c AND schedule_id = :s"
         ),
-        {"s": first.schedule_id},
+        {"c": conversation_id, "s": first.schedule_id},
     )
     listed = await repo.list_for_conversation(conversation_id)
     assert [s.schedule_id for s in listed] == [second.schedule_id, first.schedule_id]
@@ -153,9 +156,10 @@ async def test_update_changes_named_fields_and_bumps_date_updated(
     created = await factories.schedule(session, uuid.uuid4())
     await session.execute(
         text(
-            "UPDATE agent_wake_schedules SET date_updated = now() - interval '1 day' WHERE schedule_id = :s"
+            "UPDATE agent_wake_schedules SET date_updated = now() - interval '1 day' "
+            "WHERE conversation_id = :c AND schedule_id = :s"
         ),
-        {"s": created.schedule_id},
+        {"c": created.conversation_id, "s": created.schedule_id},
     )
     updated = await repo.update(
         created.conversation_id, created.schedule_id, name="morning check", task_prompt="Check the inbox"
@@ -165,9 +169,9 @@ async def test_update_changes_named_fields_and_bumps_date_updated(
         await session.execute(
             text(
                 "SELECT name, date_updated > now() - interval '1 minute' AS fresh "
-                "FROM agent_wake_schedules WHERE schedule_id = :s"
+                "FROM agent_wake_schedules WHERE conversation_id = :c AND schedule_id = :s"
             ),
-            {"s": created.schedule_id},
+            {"c": created.conversation_id, "s": created.schedule_id},
         )
     ).one()
     assert stored.name == "morning check"

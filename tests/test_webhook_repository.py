@@ -13,6 +13,7 @@ from agent_wake import (
     NotFoundError,
     SecretBox,
     SecretDecryptionError,
+    WebhookSubscription,
     WebhookSubscriptionRepository,
 )
 from tests import factories
@@ -26,10 +27,13 @@ def repo(session: AsyncSession, secret_box: SecretBox) -> WebhookSubscriptionRep
     return WebhookSubscriptionRepository(session, secret_box)
 
 
-async def stored_ciphertext(session: AsyncSession, subscription_id: uuid.UUID) -> bytes:
+async def stored_ciphertext(session: AsyncSession, subscription: WebhookSubscription) -> bytes:
     result = await session.execute(
-        text("SELECT secret_ciphertext FROM webhook_subscriptions WHERE subscription_id = :s"),
-        {"s": subscription_id},
+        text(
+            "SELECT secret_ciphertext FROM webhook_subscriptions "
+            "WHERE conversation_id = :c AND subscription_id = :s"
+        ),
+        {"c": subscription.conversation_id, "s": subscription.subscription_id},
     )
     return bytes(result.scalar_one())
 
@@ -38,7 +42,7 @@ async def test_create_stores_only_ciphertext(
     repo: WebhookSubscriptionRepository, session: AsyncSession, secret_box: SecretBox
 ) -> None:
     created = await factories.subscription(session, secret_box, uuid.uuid4(), secret=SECRET)
-    ciphertext = await stored_ciphertext(session, created.subscription_id)
+    ciphertext = await stored_ciphertext(session, created)
     assert SECRET.encode() not in ciphertext
     assert secret_box.decrypt(ciphertext) == SECRET
     assert created.verification_scheme == "generic_hmac_sha256"
@@ -170,9 +174,9 @@ async def test_list_for_conversation_and_delete(
     await session.execute(
         text(
             "UPDATE webhook_subscriptions SET date_created = now() - interval '1 hour' "
-            "WHERE subscription_id = :s"
+            "WHERE conversation_id = :c AND subscription_id = :s"
         ),
-        {"s": first.subscription_id},
+        {"c": conversation_id, "s": first.subscription_id},
     )
     second = await factories.subscription(session, secret_box, conversation_id)
     listed = await repo.list_for_conversation(conversation_id)

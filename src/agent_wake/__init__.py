@@ -22,10 +22,12 @@ from agent_wake.errors import (
     ConflictError,
     InvalidInputError,
     NotFoundError,
+    PartitionScopeError,
     SecretDecryptionError,
 )
 from agent_wake.fire_repository import WakeFireRepository
 from agent_wake.models import AgentSkill, Base, Conversation, WakeFire, WakeSchedule, WebhookSubscription
+from agent_wake.partition_guard import GuardMode, PartitionSpan, install_partition_guard, spans_partitions
 from agent_wake.schedule_configs import register_schedule_type, validate_schedule_config
 from agent_wake.schedule_repository import WakeScheduleRepository
 from agent_wake.secret_box import SecretBox
@@ -48,9 +50,12 @@ __all__ = [
     "Conversation",
     "ExecutionMode",
     "FireStatus",
+    "GuardMode",
     "InvalidInputError",
     "MissedFirePolicy",
     "NotFoundError",
+    "PartitionScopeError",
+    "PartitionSpan",
     "ScheduleStatus",
     "SecretBox",
     "SecretDecryptionError",
@@ -63,7 +68,9 @@ __all__ = [
     "WebhookSubscriptionRepository",
     "alembic_config",
     "create_engine_and_session_factory",
+    "install_partition_guard",
     "register_schedule_type",
     "resolve_database_url",
+    "spans_partitions",
     "validate_schedule_config",
 ]

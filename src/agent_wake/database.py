@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from agent_wake.errors import AgentWakeError, InvalidInputError
+from agent_wake.partition_guard import GuardMode, install_partition_guard
 
 __all__ = [
     "DATABASE_URL_VARIABLE",
@@ -103,14 +104,20 @@ def validate_schema_name(schema: str) -> str:
 
 
 def create_engine_and_session_factory(
-    url: str | None = None, *, schema: str | None = None, **engine_options: Any
+    url: str | None = None,
+    *,
+    schema: str | None = None,
+    partition_guard: GuardMode = "raise",
+    **engine_options: Any,
 ) -> tuple[AsyncEngine, async_sessionmaker[AsyncSession]]:
     """Build an ``AsyncEngine`` and a session factory for the resolved database.
 
     ``schema`` puts that PostgreSQL schema first on every connection's
     ``search_path`` (one copy of the tables per agent schema). Sessions do
     not expire objects on commit, so models stay readable after the caller
-    commits. Extra keyword arguments go to ``create_async_engine``.
+    commits. The partition guard is installed in ``partition_guard`` mode
+    (see :func:`~agent_wake.partition_guard.install_partition_guard`).
+    Extra keyword arguments go to ``create_async_engine``.
     """
     connect_args: dict[str, Any] = dict(engine_options.pop("connect_args", {}))
     if schema is not None:
@@ -118,4 +125,5 @@ def create_engine_and_session_factory(
         server_settings["search_path"] = validate_schema_name(schema)
         connect_args["server_settings"] = server_settings
     engine = create_async_engine(resolve_database_url(url), connect_args=connect_args, **engine_options)
+    install_partition_guard(engine, mode=partition_guard)
     return engine, async_sessionmaker(engine, expire_on_commit=False)

@@ -18,6 +18,7 @@ __all__ = [
     "ConflictError",
     "InvalidInputError",
     "NotFoundError",
+    "PartitionScopeError",
     "SecretDecryptionError",
     "translate_database_errors",
 ]
@@ -42,6 +43,20 @@ class NotFoundError(AgentWakeError, LookupError):
 
 class ConflictError(AgentWakeError):
     """The database already holds a row that this write would duplicate or contradict."""
+
+
+class PartitionScopeError(AgentWakeError):
+    """A statement on a wake table is not confined to given conversations.
+
+    Raised by the partition guard before the statement reaches the
+    database; nothing was executed.
+    """
+
+    def __init__(self, table: str, problem: str, sql: str) -> None:
+        super().__init__(f"refused a statement on {table}: {problem}\nSQL: {sql}")
+        self.table = table
+        self.problem = problem
+        self.sql = sql
 
 
 class SecretDecryptionError(AgentWakeError):

@@ -18,6 +18,7 @@ from agent_wake.errors import (
     translate_database_errors,
 )
 from agent_wake.models import WakeSchedule
+from agent_wake.partition_guard import spans_partitions
 from agent_wake.schedule_configs import validate_schedule_config
 
 __all__ = ["WakeScheduleRepository"]
@@ -319,6 +320,7 @@ class WakeScheduleRepository:
             )
             .order_by(WakeSchedule.next_fire_at, WakeSchedule.schedule_id)
             .limit(check.require_limit(limit))
+            .execution_options(**spans_partitions("tick: scan for due schedules"))
         )
         return list(await self._session.scalars(statement))
 

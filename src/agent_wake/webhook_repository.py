@@ -13,6 +13,7 @@ from agent_wake import _validation as check
 from agent_wake import enums
 from agent_wake.errors import ConflictError, InvalidInputError, NotFoundError, translate_database_errors
 from agent_wake.models import WebhookSubscription
+from agent_wake.partition_guard import spans_partitions
 from agent_wake.secret_box import SecretBox
 
 __all__ = ["WebhookSubscriptionRepository"]
@@ -199,8 +200,12 @@ class WebhookSubscriptionRepository:
         before trusting anything else. Served by the unique index on
         ``subscription_id``.
         """
-        statement = select(WebhookSubscription).where(
-            WebhookSubscription.subscription_id == check.require_uuid("subscription_id", subscription_id)
+        statement = (
+            select(WebhookSubscription)
+            .where(
+                WebhookSubscription.subscription_id == check.require_uuid("subscription_id", subscription_id)
+            )
+            .execution_options(**spans_partitions("webhook receiver: look up a subscription by id"))
         )
         return (await self._session.scalars(statement)).one_or_none()
 

@@ -1,0 +1,289 @@
+"""The partition guard refuses statements on the wake tables that are not
+confined to given conversations, whoever wrote them, before they run."""
+
+import logging
+import uuid
+import warnings
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
+
+from agent_wake import (
+    AgentWakeError,
+    InvalidInputError,
+    PartitionScopeError,
+    WakeFire,
+    WakeSchedule,
+    install_partition_guard,
+    spans_partitions,
+)
+from tests import factories
+
+CONVERSATION = "00000000-0000-0000-0000-00000000000a"
+OTHER = "00000000-0000-0000-0000-00000000000b"
+
+
+@pytest.fixture
+async def connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A bare connection on the guarded test engine, rolled back after the test."""
+    async with engine.connect() as connection:
+        transaction = await connection.begin()
+        yield connection
+        await transaction.rollback()
+
+
+async def refused(connection: AsyncConnection, sql: str) -> PartitionScopeError:
+    with pytest.raises(PartitionScopeError) as caught:
+        await connection.execute(text(sql))
+    return caught.value
+
+
+# Each statement would fail in PostgreSQL if it were sent (1/0 or a missing
+# table), so a PartitionScopeError also shows that nothing was executed.
+UNSCOPED = {
+    "bare select": "SELECT 1/0 FROM agent_wake_schedules",
+    "scoped with or": f"SELECT 1/0 FROM wake_fires WHERE conversation_id = '{CONVERSATION}' OR true",
+    "or inside and": (
+        f"SELECT 1/0 FROM wake_fires WHERE status = 'fired' AND "
+        f"(conversation_id = '{CONVERSATION}' OR conversation_id IS NOT NULL)"
+    ),
+    "unscoped subquery": (
+        f"SELECT 1/0 FROM agent_wake_schedules s WHERE s.conversation_id = '{CONVERSATION}' "
+        "AND EXISTS (SELECT 1 FROM wake_fires f WHERE f.schedule_id = s.schedule_id)"
+    ),
+    "subquery in from": (
+        f"SELECT 1/0 FROM (SELECT * FROM wake_fires) f WHERE f.conversation_id = '{CONVERSATION}'"
+    ),
+    "join with one side scoped": (
+        "SELECT 1/0 FROM agent_wake_schedules s JOIN wake_fires f ON f.schedule_id = s.schedule_id "
+        f"WHERE s.conversation_id = '{CONVERSATION}'"
+    ),
+    "join scoped only in on": (
+        "SELECT 1/0 FROM agent_wake_schedules s JOIN wake_fires f "
+        f"ON f.conversation_id = '{CONVERSATION}' WHERE s.conversation_id = '{CONVERSATION}'"
+    ),
+    "cte": (
+        "WITH all_fires AS (SELECT * FROM wake_fires) "
+        f"SELECT 1/0 FROM all_fires WHERE conversation_id = '{CONVERSATION}'"
+    ),
+    "union": (
+        f"SELECT 1/0 FROM wake_fires WHERE conversation_id = '{CONVERSATION}' "
+        "UNION ALL SELECT 1/0 FROM wake_fires"
+    ),
+    "update from": (
+        "UPDATE agent_wake_schedules s SET name = 'x' FROM wake_fires f "
+        f"WHERE s.conversation_id = '{CONVERSATION}' AND f.schedule_id = s.schedule_id AND 1/0 = 1"
+    ),
+    "delete using": (
+        "DELETE FROM wake_fires f USING agent_wake_schedules s "
+        f"WHERE f.conversation_id = '{CONVERSATION}' AND s.schedule_id = f.schedule_id AND 1/0 = 1"
+    ),
+    "wrong table's conversation_id": (
+        "SELECT 1/0 FROM agent_wake_schedules s, wake_fires f "
+        f"WHERE s.conversation_id = '{CONVERSATION}' AND s.conversation_id = f.conversation_id"
+    ),
+    "compared to a column": "SELECT 1/0 FROM wake_fires WHERE conversation_id = conversation_id",
+    "in a subquery": (
+        "SELECT 1/0 FROM wake_fires WHERE conversation_id IN (SELECT conversation_id FROM conversations)"
+    ),
+    "any of a subquery": (
+        "SELECT 1/0 FROM wake_fires WHERE conversation_id = ANY(SELECT conversation_id FROM conversations)"
+    ),
+    "not equal": f"SELECT 1/0 FROM wake_fires WHERE conversation_id <> '{CONVERSATION}'",
+    "quoted name": 'SELECT 1/0 FROM "wake_fires"',
+    "schema-qualified name": "SELECT 1/0 FROM public.webhook_subscriptions",
+    "unicode-escaped name": 'SELECT 1/0 FROM U&"wake\\005ffires"',
+    "update without where": "UPDATE webhook_subscriptions SET name = 'x' WHERE 1/0 = 1",
+    "delete without where": "DELETE FROM wake_fires WHERE 1/0 = 1",
+    "insert without conversation_id": (
+        "INSERT INTO wake_fires (fire_id, status) SELECT gen_random_uuid(), 'fired' WHERE 1/0 = 1"
+    ),
+    "insert select from another partition": (
+        "INSERT INTO wake_fires (conversation_id, fire_id, status) "
+        "SELECT conversation_id, gen_random_uuid(), 'fired' FROM wake_fires WHERE 1/0 = 1"
+    ),
+    "upsert rewriting conversation_id": (
+        f"INSERT INTO wake_fires (conversation_id, fire_id, status) VALUES ('{CONVERSATION}', "
+        f"'{OTHER}', 'fired') ON CONFLICT (fire_id) DO UPDATE SET conversation_id = excluded.conversation_id"
+    ),
+    "update moving a row": (
+        f"UPDATE wake_fires SET conversation_id = '{OTHER}' WHERE conversation_id = '{CONVERSATION}'"
+    ),
+    "truncate": "TRUNCATE wake_fires",
+    "explain analyze": "EXPLAIN ANALYZE SELECT 1/0 FROM wake_fires",
+    "copy": "COPY wake_fires TO STDOUT",
+    "second statement": (
+        f"SELECT 1 FROM wake_fires WHERE conversation_id = '{CONVERSATION}'; SELECT 1/0 FROM wake_fires"
+    ),
+}
+
+
+@pytest.mark.parametrize("sql", UNSCOPED.values(), ids=UNSCOPED.keys())
+async def test_unscoped_text_statements_are_refused(connection: AsyncConnection, sql: str) -> None:
+    error = await refused(connection, sql)
+    assert error.table in {"agent_wake_schedules", "wake_fires", "webhook_subscriptions"}
+    assert error.sql == sql
+    assert sql in str(error)
+
+
+SCOPED = {
+    "equal to a constant": f"SELECT 1 FROM agent_wake_schedules WHERE conversation_id = '{CONVERSATION}'",
+    "equal to a bind": "SELECT 1 FROM wake_fires WHERE conversation_id = $1",
+    "value on the left": f"SELECT 1 FROM wake_fires WHERE '{CONVERSATION}'::uuid = conversation_id",
+    "in values": f"SELECT 1 FROM wake_fires WHERE conversation_id IN ('{CONVERSATION}', '{OTHER}')",
+    "any array": f"SELECT 1 FROM wake_fires WHERE conversation_id = ANY(ARRAY['{CONVERSATION}'::uuid])",
+    "or beside the pin": (
+        f"SELECT 1 FROM wake_fires WHERE conversation_id = '{CONVERSATION}' AND (status = 'fired' OR true)"
+    ),
+    "both subquery levels": (
+        f"SELECT 1 FROM agent_wake_schedules s WHERE s.conversation_id = '{CONVERSATION}' AND EXISTS "
+        f"(SELECT 1 FROM wake_fires f WHERE f.conversation_id = '{CONVERSATION}' "
+        "AND f.schedule_id = s.schedule_id)"
+    ),
+    "subquery in from": (
+        f"SELECT 1 FROM (SELECT * FROM wake_fires WHERE conversation_id = '{CONVERSATION}') f"
+    ),
+    "join with both sides": (
+        "SELECT 1 FROM agent_wake_schedules s JOIN wake_fires f ON f.schedule_id = s.schedule_id "
+        f"WHERE s.conversation_id = '{CONVERSATION}' AND f.conversation_id = '{CONVERSATION}'"
+    ),
+    "cte": (
+        f"WITH mine AS (SELECT * FROM wake_fires WHERE conversation_id = '{CONVERSATION}') SELECT 1 FROM mine"
+    ),
+    "update from": (
+        "UPDATE agent_wake_schedules s SET name = 'x' FROM wake_fires f "
+        f"WHERE s.conversation_id = '{CONVERSATION}' AND f.conversation_id = '{CONVERSATION}' "
+        "AND f.schedule_id = s.schedule_id"
+    ),
+    "delete using": (
+        "DELETE FROM wake_fires f USING agent_wake_schedules s "
+        f"WHERE f.conversation_id = '{CONVERSATION}' AND s.conversation_id = '{CONVERSATION}' "
+        "AND s.schedule_id = f.schedule_id"
+    ),
+    "quoted and schema-qualified": (
+        f"SELECT 1 FROM public.\"wake_fires\" WHERE conversation_id = '{CONVERSATION}'"
+    ),
+    "other tables": "SELECT count(*) FROM conversations",
+    "ddl": "COMMENT ON TABLE wake_fires IS 'one row per fire'",
+}
+
+
+@pytest.mark.parametrize("sql", SCOPED.values(), ids=SCOPED.keys())
+async def test_scoped_text_statements_pass(connection: AsyncConnection, sql: str) -> None:
+    parameters = (CONVERSATION,) if "$1" in sql else ()
+    await connection.exec_driver_sql(sql, parameters)
+
+
+async def test_orm_select_without_conversation_is_refused(session: AsyncSession) -> None:
+    with pytest.raises(PartitionScopeError, match="agent_wake_schedules"):
+        await session.scalars(select(WakeSchedule).where(WakeSchedule.status == "active"))
+
+
+async def test_orm_select_with_conversation_passes(session: AsyncSession) -> None:
+    created = await factories.schedule(session, uuid.uuid4())
+    found = await session.scalars(
+        select(WakeSchedule).where(WakeSchedule.conversation_id == created.conversation_id)
+    )
+    assert list(found) == [created]
+
+
+async def test_orm_bulk_update_and_delete_without_conversation_are_refused(session: AsyncSession) -> None:
+    created = await factories.schedule(session, uuid.uuid4())
+    with pytest.raises(PartitionScopeError):
+        await session.execute(
+            update(WakeSchedule).where(WakeSchedule.schedule_id == created.schedule_id).values(name="x")
+        )
+    await session.rollback()
+
+
+async def test_orm_bulk_delete_without_conversation_is_refused(session: AsyncSession) -> None:
+    with pytest.raises(PartitionScopeError):
+        await session.execute(delete(WakeFire).where(WakeFire.status == "dispatching"))
+
+
+async def test_core_statement_on_a_bare_connection_is_refused(connection: AsyncConnection) -> None:
+    with pytest.raises(PartitionScopeError, match="wake_fires"):
+        await connection.execute(select(func.count()).select_from(WakeFire.__table__))
+
+
+async def test_core_upsert_that_rewrites_conversation_id_is_refused(connection: AsyncConnection) -> None:
+    statement = insert(WakeFire.__table__).values(
+        conversation_id=uuid.uuid4(), fire_id=uuid.uuid4(), status="fired"
+    )
+    statement = statement.on_conflict_do_update(
+        index_elements=["fire_id"], set_={"conversation_id": statement.excluded.conversation_id}
+    )
+    with pytest.raises(PartitionScopeError, match="ON CONFLICT"):
+        await connection.execute(statement)
+
+
+async def test_spans_partitions_as_a_context_manager_allows_and_logs_the_reason(
+    connection: AsyncConnection, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="agent_wake.partition_guard")
+    with spans_partitions("maintenance: count every fire"):
+        await connection.execute(text("SELECT count(*) FROM wake_fires"))
+    assert "maintenance: count every fire" in caplog.text
+    assert "SELECT count(*) FROM wake_fires" in caplog.text
+    await refused(connection, "SELECT count(*) FROM wake_fires")
+
+
+async def test_spans_partitions_as_an_execution_option_allows_that_statement(
+    connection: AsyncConnection,
+) -> None:
+    statement = text("SELECT count(*) FROM wake_fires").execution_options(**spans_partitions("report"))
+    await connection.execute(statement)
+    await connection.execute(
+        text("SELECT count(*) FROM wake_fires"), execution_options=spans_partitions("report")
+    )
+
+
+@pytest.mark.parametrize("reason", ["", "   ", None])
+def test_spans_partitions_requires_a_reason(reason: object) -> None:
+    with pytest.raises(InvalidInputError) as caught:
+        spans_partitions(reason)  # type: ignore[arg-type]
+    assert caught.value.field == "reason"
+
+
+async def test_the_refusal_is_an_agent_wake_error_and_the_transaction_survives(
+    connection: AsyncConnection,
+) -> None:
+    with pytest.raises(AgentWakeError):
+        await connection.execute(text("SELECT 1 FROM wake_fires"))
+    assert (await connection.execute(text("SELECT 41 + 1"))).scalar_one() == 42
+
+
+async def test_warn_mode_runs_the_statement_and_warns(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = create_async_engine(database_url)
+    install_partition_guard(engine, mode="warn")
+    try:
+        async with engine.connect() as connection:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result = await connection.execute(text("SELECT count(*) FROM wake_fires"))
+            assert result.scalar_one() >= 0
+            assert any("wake_fires" in str(warning.message) for warning in caught)
+            assert "refused a statement on wake_fires" in caplog.text
+            install_partition_guard(engine, mode="off")
+            await connection.execute(text("SELECT count(*) FROM wake_fires"))
+            install_partition_guard(engine, mode="raise")
+            with pytest.raises(PartitionScopeError):
+                await connection.execute(text("SELECT count(*) FROM wake_fires"))
+    finally:
+        await engine.dispose()
+
+
+def test_install_refuses_an_unknown_mode(engine: AsyncEngine) -> None:
+    with pytest.raises(InvalidInputError) as caught:
+        install_partition_guard(engine, mode="lenient")  # type: ignore[arg-type]
+    assert caught.value.field == "mode"
+
+
+async def test_unparseable_sql_on_a_wake_table_is_refused(connection: AsyncConnection) -> None:
+    error = await refused(connection, "SELEC * FROM wake_fires")
+    assert "cannot be parsed" in str(error)
