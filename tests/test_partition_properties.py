@@ -106,9 +106,7 @@ async def database_state(session: AsyncSession, model: Model, secrets: SecretBox
     return state
 
 
-async def apply(
-    operation: tuple[Any, ...], model: Model, session: AsyncSession, secrets: SecretBox
-) -> None:
+async def apply(operation: tuple[Any, ...], model: Model, session: AsyncSession, secrets: SecretBox) -> None:
     name, conversation_index, *rest = operation
     conversation_id = model.conversations[conversation_index]
     schedules = WakeScheduleRepository(session)

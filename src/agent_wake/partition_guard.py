@@ -15,7 +15,7 @@ with PostgreSQL's own parser (``pglast``) and fails closed:
   ``= ANY(array)``, where a value is a bind parameter or a constant;
 - an INSERT must name ``conversation_id`` in its column list, and neither
   an UPDATE nor ``ON CONFLICT DO UPDATE`` may set it;
-- TRUNCATE, COPY of a whole table, MERGE and DO blocks that mention the
+- TRUNCATE, LOCK, MERGE, COPY of a whole table and DO blocks that mention the
   tables are refused; DDL is not checked.
 
 Cross-partition work runs inside :func:`spans_partitions`, with a reason
