@@ -1,42 +1,33 @@
-"""Claims racing on separate connections, with committed data."""
+"""Claims racing on separate connections, with committed data (wake_engine
+empties the tables afterwards)."""
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
-import pytest
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from agent_wake import WakeScheduleRepository
-from tests import factories
-from tests.factories import NOW
-
-
-@pytest.fixture
-async def committed_conversation(engine: AsyncEngine) -> AsyncIterator[uuid.UUID]:
-    conversation_id = uuid.uuid4()
-    yield conversation_id
-    async with engine.begin() as connection:
-        await connection.execute(
-            text("DELETE FROM agent_wake_schedules WHERE conversation_id = :c"), {"c": conversation_id}
-        )
+from agent_wake import SecretBox, WakeScheduleRepository
+from agent_wake.factories import WakeFactory
+from tests.clock import NOW
 
 
 async def test_two_concurrent_claims_of_one_fire_have_exactly_one_winner(
-    engine: AsyncEngine, committed_conversation: uuid.UUID
+    wake_secrets: SecretBox, wake_engine: AsyncEngine
 ) -> None:
-    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    sessions = async_sessionmaker(wake_engine, expire_on_commit=False)
+    conversation_id = uuid.uuid4()
     async with sessions.begin() as session:
-        schedule = await factories.schedule(session, committed_conversation, next_fire_at=NOW)
+        schedule = await WakeFactory(session, wake_secrets).schedule(
+            conversation_id=conversation_id, next_fire_at=NOW
+        )
     first_claimed = asyncio.Event()
 
     async def claim(session: AsyncSession, *, wait_for_first: bool) -> bool:
         if wait_for_first:
             await first_claimed.wait()
         won = await WakeScheduleRepository(session).claim_and_reschedule(
-            conversation_id=committed_conversation,
+            conversation_id=conversation_id,
             schedule_id=schedule.schedule_id,
             expected_next_fire=NOW,
             computed_next_fire=NOW + timedelta(minutes=30),
@@ -54,22 +45,25 @@ async def test_two_concurrent_claims_of_one_fire_have_exactly_one_winner(
         results = await asyncio.gather(claim(one, wait_for_first=False), claim(two, wait_for_first=True))
     assert sorted(results) == [False, True]
     async with sessions() as session:
-        stored = await WakeScheduleRepository(session).get(committed_conversation, schedule.schedule_id)
+        stored = await WakeScheduleRepository(session).get(conversation_id, schedule.schedule_id)
     assert stored is not None
     assert stored.next_fire_at == NOW + timedelta(minutes=30)
 
 
 async def test_many_concurrent_claims_have_exactly_one_winner(
-    engine: AsyncEngine, committed_conversation: uuid.UUID
+    wake_secrets: SecretBox, wake_engine: AsyncEngine
 ) -> None:
-    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    sessions = async_sessionmaker(wake_engine, expire_on_commit=False)
+    conversation_id = uuid.uuid4()
     async with sessions.begin() as session:
-        schedule = await factories.schedule(session, committed_conversation, next_fire_at=NOW)
+        schedule = await WakeFactory(session, wake_secrets).schedule(
+            conversation_id=conversation_id, next_fire_at=NOW
+        )
 
     async def claim() -> bool:
         async with sessions.begin() as session:
             return await WakeScheduleRepository(session).claim_and_reschedule(
-                conversation_id=committed_conversation,
+                conversation_id=conversation_id,
                 schedule_id=schedule.schedule_id,
                 expected_next_fire=NOW,
                 computed_next_fire=NOW + timedelta(minutes=30),

@@ -8,10 +8,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_quickstart_example_runs_against_a_migrated_database(database_url: str) -> None:
+def test_quickstart_example_runs_against_a_migrated_database(wake_database_url: str) -> None:
     result = subprocess.run(
         [sys.executable, str(REPO / "examples" / "quickstart.py")],
-        env={**os.environ, "AGENT_WAKE_DATABASE_URL": database_url},
+        env={**os.environ, "AGENT_WAKE_DATABASE_URL": wake_database_url},
         capture_output=True,
         text=True,
         check=False,

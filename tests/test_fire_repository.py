@@ -14,26 +14,26 @@ from agent_wake import (
     SecretBox,
     WakeFireRepository,
 )
-from tests import factories
-from tests.factories import NOW
+from agent_wake.factories import WakeFactory
+from tests.clock import NOW
 
 
 @pytest.fixture
-def repo(session: AsyncSession) -> WakeFireRepository:
-    return WakeFireRepository(session)
+def repo(wake_session: AsyncSession) -> WakeFireRepository:
+    return WakeFireRepository(wake_session)
 
 
-async def count_fires(session: AsyncSession, conversation_id: uuid.UUID) -> int:
-    result = await session.execute(
+async def count_fires(wake_session: AsyncSession, conversation_id: uuid.UUID) -> int:
+    result = await wake_session.execute(
         text("SELECT count(*) FROM wake_fires WHERE conversation_id = :c"), {"c": conversation_id}
     )
     return int(result.scalar_one())
 
 
 async def test_create_dispatching_writes_an_in_flight_fire(
-    repo: WakeFireRepository, session: AsyncSession
+    wake_factory: WakeFactory, repo: WakeFireRepository, wake_session: AsyncSession
 ) -> None:
-    schedule = await factories.schedule(session, uuid.uuid4())
+    schedule = await wake_factory.schedule(conversation_id=uuid.uuid4())
     fire = await repo.create_dispatching(
         conversation_id=schedule.conversation_id, schedule_id=schedule.schedule_id, scheduled_fire_at=NOW
     )
@@ -41,14 +41,14 @@ async def test_create_dispatching_writes_an_in_flight_fire(
     assert fire.fire_id.version == 7
     assert (fire.schedule_id, fire.webhook_subscription_id) == (schedule.schedule_id, None)
     assert fire.scheduled_fire_at == NOW
-    now = (await session.execute(text("SELECT now()"))).scalar_one()
+    now = (await wake_session.execute(text("SELECT now()"))).scalar_one()
     assert fire.actual_fired_at == now
 
 
 async def test_create_dispatching_from_a_webhook(
-    repo: WakeFireRepository, session: AsyncSession, secret_box: SecretBox
+    wake_factory: WakeFactory, repo: WakeFireRepository, wake_session: AsyncSession, wake_secrets: SecretBox
 ) -> None:
-    subscription = await factories.subscription(session, secret_box, uuid.uuid4())
+    subscription = await wake_factory.subscription(conversation_id=uuid.uuid4())
     fire = await repo.create_dispatching(
         conversation_id=subscription.conversation_id,
         webhook_subscription_id=subscription.subscription_id,
@@ -59,11 +59,11 @@ async def test_create_dispatching_from_a_webhook(
 
 
 async def test_create_dispatching_refuses_both_sources(
-    repo: WakeFireRepository, session: AsyncSession, secret_box: SecretBox
+    wake_factory: WakeFactory, repo: WakeFireRepository, wake_session: AsyncSession, wake_secrets: SecretBox
 ) -> None:
     conversation_id = uuid.uuid4()
-    schedule = await factories.schedule(session, conversation_id)
-    subscription = await factories.subscription(session, secret_box, conversation_id)
+    schedule = await wake_factory.schedule(conversation_id=conversation_id)
+    subscription = await wake_factory.subscription(conversation_id=conversation_id)
     with pytest.raises(InvalidInputError, match="one source") as caught:
         await repo.create_dispatching(
             conversation_id=conversation_id,
@@ -71,7 +71,7 @@ async def test_create_dispatching_refuses_both_sources(
             webhook_subscription_id=subscription.subscription_id,
         )
     assert caught.value.field == "webhook_subscription_id"
-    assert await count_fires(session, conversation_id) == 0
+    assert await count_fires(wake_session, conversation_id) == 0
 
 
 async def test_create_dispatching_refuses_no_source(repo: WakeFireRepository) -> None:
@@ -80,19 +80,19 @@ async def test_create_dispatching_refuses_no_source(repo: WakeFireRepository) ->
 
 
 async def test_create_dispatching_refuses_a_schedule_of_another_conversation(
-    repo: WakeFireRepository, session: AsyncSession
+    wake_factory: WakeFactory, repo: WakeFireRepository, wake_session: AsyncSession
 ) -> None:
-    schedule = await factories.schedule(session, uuid.uuid4())
+    schedule = await wake_factory.schedule(conversation_id=uuid.uuid4())
     intruder = uuid.uuid4()
     with pytest.raises(NotFoundError, match="not found in conversation"):
         await repo.create_dispatching(conversation_id=intruder, schedule_id=schedule.schedule_id)
-    assert await count_fires(session, intruder) == 0
+    assert await count_fires(wake_session, intruder) == 0
 
 
 async def test_create_dispatching_refuses_a_naive_scheduled_time(
-    repo: WakeFireRepository, session: AsyncSession
+    wake_factory: WakeFactory, repo: WakeFireRepository, wake_session: AsyncSession
 ) -> None:
-    schedule = await factories.schedule(session, uuid.uuid4())
+    schedule = await wake_factory.schedule(conversation_id=uuid.uuid4())
     with pytest.raises(InvalidInputError) as caught:
         await repo.create_dispatching(
             conversation_id=schedule.conversation_id,
@@ -102,8 +102,10 @@ async def test_create_dispatching_refuses_a_naive_scheduled_time(
     assert caught.value.field == "scheduled_fire_at"
 
 
-async def test_finalize_success_records_the_output(repo: WakeFireRepository, session: AsyncSession) -> None:
-    schedule = await factories.schedule(session, uuid.uuid4())
+async def test_finalize_success_records_the_output(
+    wake_factory: WakeFactory, repo: WakeFireRepository, wake_session: AsyncSession
+) -> None:
+    schedule = await wake_factory.schedule(conversation_id=uuid.uuid4())
     fire = await repo.create_dispatching(
         conversation_id=schedule.conversation_id, schedule_id=schedule.schedule_id
     )
@@ -124,9 +126,9 @@ async def test_finalize_success_records_the_output(repo: WakeFireRepository, ses
 
 
 async def test_finalizing_twice_keeps_the_first_result(
-    repo: WakeFireRepository, session: AsyncSession
+    wake_factory: WakeFactory, repo: WakeFireRepository, wake_session: AsyncSession
 ) -> None:
-    schedule = await factories.schedule(session, uuid.uuid4())
+    schedule = await wake_factory.schedule(conversation_id=uuid.uuid4())
     fire = await repo.create_dispatching(
         conversation_id=schedule.conversation_id, schedule_id=schedule.schedule_id
     )
@@ -144,8 +146,10 @@ async def test_finalize_success_refuses_a_status_that_is_not_a_success(
     assert caught.value.field == "status"
 
 
-async def test_finalize_failed_records_the_error(repo: WakeFireRepository, session: AsyncSession) -> None:
-    schedule = await factories.schedule(session, uuid.uuid4())
+async def test_finalize_failed_records_the_error(
+    wake_factory: WakeFactory, repo: WakeFireRepository, wake_session: AsyncSession
+) -> None:
+    schedule = await wake_factory.schedule(conversation_id=uuid.uuid4())
     fire = await repo.create_dispatching(
         conversation_id=schedule.conversation_id, schedule_id=schedule.schedule_id
     )
@@ -162,9 +166,9 @@ async def test_finalize_refuses_a_negative_latency(repo: WakeFireRepository) -> 
 
 
 async def test_finalize_of_another_conversations_fire_is_not_found(
-    repo: WakeFireRepository, session: AsyncSession
+    wake_factory: WakeFactory, repo: WakeFireRepository, wake_session: AsyncSession
 ) -> None:
-    schedule = await factories.schedule(session, uuid.uuid4())
+    schedule = await wake_factory.schedule(conversation_id=uuid.uuid4())
     fire = await repo.create_dispatching(
         conversation_id=schedule.conversation_id, schedule_id=schedule.schedule_id
     )
@@ -175,10 +179,12 @@ async def test_finalize_of_another_conversations_fire_is_not_found(
     assert stored.status == "dispatching"
 
 
-async def test_lists_are_newest_first_and_limited(repo: WakeFireRepository, session: AsyncSession) -> None:
+async def test_lists_are_newest_first_and_limited(
+    wake_factory: WakeFactory, repo: WakeFireRepository, wake_session: AsyncSession
+) -> None:
     conversation_id = uuid.uuid4()
-    schedule = await factories.schedule(session, conversation_id)
-    other = await factories.schedule(session, conversation_id)
+    schedule = await wake_factory.schedule(conversation_id=conversation_id)
+    other = await wake_factory.schedule(conversation_id=conversation_id)
     fires = [
         await repo.create_dispatching(
             conversation_id=conversation_id,
@@ -201,9 +207,9 @@ async def test_lists_are_newest_first_and_limited(repo: WakeFireRepository, sess
 
 
 async def test_latest_for_schedule_can_ask_only_for_output(
-    repo: WakeFireRepository, session: AsyncSession
+    wake_factory: WakeFactory, repo: WakeFireRepository, wake_session: AsyncSession
 ) -> None:
-    schedule = await factories.schedule(session, uuid.uuid4())
+    schedule = await wake_factory.schedule(conversation_id=uuid.uuid4())
     conversation_id = schedule.conversation_id
     with_output = await repo.create_dispatching(
         conversation_id=conversation_id, schedule_id=schedule.schedule_id, actual_fired_at=NOW
@@ -232,8 +238,10 @@ async def test_latest_for_schedule_refuses_an_unknown_status(repo: WakeFireRepos
     assert caught.value.field == "statuses"
 
 
-async def test_count_in_window_counts_from_since(repo: WakeFireRepository, session: AsyncSession) -> None:
-    schedule = await factories.schedule(session, uuid.uuid4())
+async def test_count_in_window_counts_from_since(
+    wake_factory: WakeFactory, repo: WakeFireRepository, wake_session: AsyncSession
+) -> None:
+    schedule = await wake_factory.schedule(conversation_id=uuid.uuid4())
     for minute in (0, 10, 20):
         await repo.create_dispatching(
             conversation_id=schedule.conversation_id,

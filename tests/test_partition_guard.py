@@ -4,7 +4,6 @@ confined to given conversations, whoever wrote them, before they run."""
 import logging
 import uuid
 import warnings
-from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import delete, func, select, text, update
@@ -20,19 +19,16 @@ from agent_wake import (
     install_partition_guard,
     spans_partitions,
 )
-from tests import factories
+from agent_wake.factories import WakeFactory
 
 CONVERSATION = "00000000-0000-0000-0000-00000000000a"
 OTHER = "00000000-0000-0000-0000-00000000000b"
 
 
 @pytest.fixture
-async def connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """A bare connection on the guarded test engine, rolled back after the test."""
-    async with engine.connect() as connection:
-        transaction = await connection.begin()
-        yield connection
-        await transaction.rollback()
+async def connection(wake_session: AsyncSession) -> AsyncConnection:
+    """The connection under ``wake_session``: guarded, and rolled back after the test."""
+    return await wake_session.connection()
 
 
 async def refused(connection: AsyncConnection, sql: str) -> PartitionScopeError:
@@ -177,31 +173,36 @@ async def test_scoped_text_statements_pass(connection: AsyncConnection, sql: str
     await connection.exec_driver_sql(sql, parameters)
 
 
-async def test_orm_select_without_conversation_is_refused(session: AsyncSession) -> None:
+async def test_orm_select_without_conversation_is_refused(wake_session: AsyncSession) -> None:
     with pytest.raises(PartitionScopeError, match="agent_wake_schedules"):
-        await session.scalars(select(WakeSchedule).where(WakeSchedule.status == "active"))
+        await wake_session.scalars(select(WakeSchedule).where(WakeSchedule.status == "active"))
 
 
-async def test_orm_select_with_conversation_passes(session: AsyncSession) -> None:
-    created = await factories.schedule(session, uuid.uuid4())
-    found = await session.scalars(
+async def test_orm_select_with_conversation_passes(
+    wake_factory: WakeFactory, wake_session: AsyncSession
+) -> None:
+    created = await wake_factory.schedule(conversation_id=uuid.uuid4())
+    found = await wake_session.scalars(
         select(WakeSchedule).where(WakeSchedule.conversation_id == created.conversation_id)
     )
     assert list(found) == [created]
 
 
-async def test_orm_bulk_update_and_delete_without_conversation_are_refused(session: AsyncSession) -> None:
-    created = await factories.schedule(session, uuid.uuid4())
+async def test_orm_bulk_update_and_delete_without_conversation_are_refused(
+    wake_factory: WakeFactory,
+    wake_session: AsyncSession,
+) -> None:
+    created = await wake_factory.schedule(conversation_id=uuid.uuid4())
     with pytest.raises(PartitionScopeError):
-        await session.execute(
+        await wake_session.execute(
             update(WakeSchedule).where(WakeSchedule.schedule_id == created.schedule_id).values(name="x")
         )
-    await session.rollback()
+    await wake_session.rollback()
 
 
-async def test_orm_bulk_delete_without_conversation_is_refused(session: AsyncSession) -> None:
+async def test_orm_bulk_delete_without_conversation_is_refused(wake_session: AsyncSession) -> None:
     with pytest.raises(PartitionScopeError):
-        await session.execute(delete(WakeFire).where(WakeFire.status == "dispatching"))
+        await wake_session.execute(delete(WakeFire).where(WakeFire.status == "dispatching"))
 
 
 async def test_core_statement_on_a_bare_connection_is_refused(connection: AsyncConnection) -> None:
@@ -257,9 +258,9 @@ async def test_the_refusal_is_an_agent_wake_error_and_the_transaction_survives(
 
 
 async def test_warn_mode_runs_the_statement_and_warns(
-    database_url: str, caplog: pytest.LogCaptureFixture
+    wake_database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    engine = create_async_engine(database_url)
+    engine = create_async_engine(wake_database_url)
     install_partition_guard(engine, mode="warn")
     try:
         async with engine.connect() as connection:
@@ -278,9 +279,9 @@ async def test_warn_mode_runs_the_statement_and_warns(
         await engine.dispose()
 
 
-def test_install_refuses_an_unknown_mode(engine: AsyncEngine) -> None:
+def test_install_refuses_an_unknown_mode(wake_engine: AsyncEngine) -> None:
     with pytest.raises(InvalidInputError) as caught:
-        install_partition_guard(engine, mode="lenient")  # type: ignore[arg-type]
+        install_partition_guard(wake_engine, mode="lenient")  # type: ignore[arg-type]
     assert caught.value.field == "mode"
 
 

@@ -18,18 +18,18 @@ from agent_wake import (
     WebhookSubscription,
     WebhookSubscriptionRepository,
 )
-from tests import factories
-from tests.factories import NOW, in_minutes
+from agent_wake.factories import WakeFactory
+from tests.clock import NOW, in_minutes
 
 
-async def snapshot(session: AsyncSession, conversation_id: uuid.UUID) -> dict[str, list[Any]]:
+async def snapshot(wake_session: AsyncSession, conversation_id: uuid.UUID) -> dict[str, list[Any]]:
     rows: dict[str, list[Any]] = {}
     for table, key in (
         ("agent_wake_schedules", "schedule_id"),
         ("wake_fires", "fire_id"),
         ("webhook_subscriptions", "subscription_id"),
     ):
-        result = await session.execute(
+        result = await wake_session.execute(
             text(f"SELECT row_to_json(t)::text FROM {table} t WHERE conversation_id = :c ORDER BY {key}"),
             {"c": conversation_id},
         )
@@ -47,20 +47,20 @@ def conversations_of(returned: Any) -> set[uuid.UUID]:
 
 
 async def test_calls_for_one_conversation_never_touch_another(
-    session: AsyncSession, secret_box: SecretBox
+    wake_factory: WakeFactory, wake_session: AsyncSession, wake_secrets: SecretBox
 ) -> None:
     a, b = uuid.uuid4(), uuid.uuid4()
-    schedules = WakeScheduleRepository(session)
-    fires = WakeFireRepository(session)
-    webhooks = WebhookSubscriptionRepository(session, secret_box)
+    schedules = WakeScheduleRepository(wake_session)
+    fires = WakeFireRepository(wake_session)
+    webhooks = WebhookSubscriptionRepository(wake_session, wake_secrets)
 
-    a_schedule = await factories.schedule(session, a, next_fire_at=NOW)
-    a_subscription = await factories.subscription(session, secret_box, a)
+    a_schedule = await wake_factory.schedule(conversation_id=a, next_fire_at=NOW)
+    a_subscription = await wake_factory.subscription(conversation_id=a)
     a_fire = await fires.create_dispatching(conversation_id=a, schedule_id=a_schedule.schedule_id)
-    b_schedule = await factories.schedule(session, b, next_fire_at=NOW)
-    b_subscription = await factories.subscription(session, secret_box, b, secret="b-secret-value")
+    b_schedule = await wake_factory.schedule(conversation_id=b, next_fire_at=NOW)
+    b_subscription = await wake_factory.subscription(conversation_id=b, secret="b-secret-value")
     b_fire = await fires.create_dispatching(conversation_id=b, schedule_id=b_schedule.schedule_id)
-    before = await snapshot(session, b)
+    before = await snapshot(wake_session, b)
 
     own_calls = [
         schedules.get(a, a_schedule.schedule_id),
@@ -128,4 +128,4 @@ async def test_calls_for_one_conversation_never_touch_another(
     await schedules.mark_expired(a, a_schedule.schedule_id)
     await schedules.delete(a, a_schedule.schedule_id)
     await webhooks.delete(a, a_subscription.subscription_id)
-    assert await snapshot(session, b) == before
+    assert await snapshot(wake_session, b) == before

@@ -21,7 +21,7 @@ from agent_wake import (
     WebhookSubscription,
     WebhookSubscriptionRepository,
 )
-from tests.factories import NOW, in_minutes
+from tests.clock import NOW, in_minutes
 
 CONVERSATIONS = 3
 conversation = st.integers(min_value=0, max_value=CONVERSATIONS - 1)
@@ -71,11 +71,11 @@ def owned_by(returned: Any, conversation_id: uuid.UUID) -> bool:
     )
 
 
-async def database_state(session: AsyncSession, model: Model, secrets: SecretBox) -> Model:
+async def database_state(wake_session: AsyncSession, model: Model, secrets: SecretBox) -> Model:
     """What the database holds for the model's conversations, read with raw SQL."""
     state = Model(model.conversations)
     parameters = {"ids": model.conversations}
-    for row in await session.execute(
+    for row in await wake_session.execute(
         text(
             "SELECT schedule_id, conversation_id, status, name FROM agent_wake_schedules "
             "WHERE conversation_id = ANY(:ids)"
@@ -87,12 +87,12 @@ async def database_state(session: AsyncSession, model: Model, secrets: SecretBox
             "status": row.status,
             "name": row.name,
         }
-    for row in await session.execute(
+    for row in await wake_session.execute(
         text("SELECT fire_id, conversation_id, status FROM wake_fires WHERE conversation_id = ANY(:ids)"),
         parameters,
     ):
         state.fires[row.fire_id] = {"conversation": row.conversation_id, "status": row.status}
-    for row in await session.execute(
+    for row in await wake_session.execute(
         text(
             "SELECT subscription_id, conversation_id, secret_ciphertext FROM webhook_subscriptions "
             "WHERE conversation_id = ANY(:ids)"
@@ -106,12 +106,14 @@ async def database_state(session: AsyncSession, model: Model, secrets: SecretBox
     return state
 
 
-async def apply(operation: tuple[Any, ...], model: Model, session: AsyncSession, secrets: SecretBox) -> None:
+async def apply(
+    operation: tuple[Any, ...], model: Model, wake_session: AsyncSession, secrets: SecretBox
+) -> None:
     name, conversation_index, *rest = operation
     conversation_id = model.conversations[conversation_index]
-    schedules = WakeScheduleRepository(session)
-    fires = WakeFireRepository(session)
-    webhooks = WebhookSubscriptionRepository(session, secrets)
+    schedules = WakeScheduleRepository(wake_session)
+    fires = WakeFireRepository(wake_session)
+    webhooks = WebhookSubscriptionRepository(wake_session, secrets)
 
     if name == "create_schedule":
         created = await schedules.create(
@@ -226,12 +228,12 @@ def without_schedule_links(fires: dict[uuid.UUID, dict[str, Any]]) -> dict[uuid.
 )
 @given(sequence=operations)
 async def test_no_call_for_one_conversation_touches_another(
-    session: AsyncSession, secret_box: SecretBox, sequence: list[tuple[Any, ...]]
+    wake_session: AsyncSession, wake_secrets: SecretBox, sequence: list[tuple[Any, ...]]
 ) -> None:
     model = Model([uuid.uuid4() for _ in range(CONVERSATIONS)])
     for operation in sequence:
-        await apply(operation, model, session, secret_box)
-        state = await database_state(session, model, secret_box)
+        await apply(operation, model, wake_session, wake_secrets)
+        state = await database_state(wake_session, model, wake_secrets)
         assert state.schedules == model.schedules, operation
         assert state.fires == without_schedule_links(model.fires), operation
         assert state.subscriptions == model.subscriptions, operation

@@ -8,28 +8,28 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agent_wake import ConflictError, InvalidInputError, NotFoundError, WakeScheduleRepository
-from tests import factories
-from tests.factories import NOW, in_minutes
+from agent_wake.factories import WakeFactory
+from tests.clock import NOW, in_minutes
 
 
 @pytest.fixture
-def repo(session: AsyncSession) -> WakeScheduleRepository:
-    return WakeScheduleRepository(session)
+def repo(wake_session: AsyncSession) -> WakeScheduleRepository:
+    return WakeScheduleRepository(wake_session)
 
 
-async def count_schedules(session: AsyncSession, conversation_id: uuid.UUID) -> int:
-    result = await session.execute(
+async def count_schedules(wake_session: AsyncSession, conversation_id: uuid.UUID) -> int:
+    result = await wake_session.execute(
         text("SELECT count(*) FROM agent_wake_schedules WHERE conversation_id = :c"), {"c": conversation_id}
     )
     return int(result.scalar_one())
 
 
 async def test_create_returns_the_stored_row_with_server_defaults(
-    repo: WakeScheduleRepository, session: AsyncSession
+    wake_factory: WakeFactory, repo: WakeScheduleRepository, wake_session: AsyncSession
 ) -> None:
     conversation_id = uuid.uuid4()
-    created = await factories.schedule(
-        session, conversation_id, schedule_type="cron", schedule_config={"expr": "0 */3 * * *"}
+    created = await wake_factory.schedule(
+        conversation_id=conversation_id, schedule_type="cron", schedule_config={"expr": "0 */3 * * *"}
     )
     assert created.schedule_id.version == 7
     assert created.status == "active"
@@ -38,7 +38,7 @@ async def test_create_returns_the_stored_row_with_server_defaults(
     assert created.include_conversation_history is True
     assert created.date_created.tzinfo is not None
     row = (
-        await session.execute(
+        await wake_session.execute(
             text(
                 "SELECT schedule_config FROM agent_wake_schedules "
                 "WHERE conversation_id = :c AND schedule_id = :s"
@@ -49,9 +49,11 @@ async def test_create_returns_the_stored_row_with_server_defaults(
     assert row.schedule_config == {"expr": "0 */3 * * *"}
 
 
-async def test_create_keeps_a_given_schedule_id(session: AsyncSession) -> None:
+async def test_create_keeps_a_given_schedule_id(
+    wake_factory: WakeFactory, wake_session: AsyncSession
+) -> None:
     given = uuid.uuid4()
-    created = await factories.schedule(session, uuid.uuid4(), schedule_id=given)
+    created = await wake_factory.schedule(conversation_id=uuid.uuid4(), schedule_id=given)
     assert created.schedule_id == given
 
 
@@ -72,60 +74,72 @@ async def test_create_keeps_a_given_schedule_id(session: AsyncSession) -> None:
     ],
 )
 async def test_create_refuses_bad_input_and_writes_nothing(
-    session: AsyncSession, overrides: dict[str, object], field: str
+    wake_factory: WakeFactory, wake_session: AsyncSession, overrides: dict[str, object], field: str
 ) -> None:
     conversation_id = uuid.uuid4()
     overrides = {"conversation_id": conversation_id, **overrides}
     with pytest.raises(InvalidInputError) as caught:
-        await factories.schedule(session, **overrides)  # type: ignore[arg-type]
+        await wake_factory.schedule(**overrides)
     assert caught.value.field == field
     assert str(caught.value).startswith(f"{field}: ")
-    assert await count_schedules(session, conversation_id) == 0
+    assert await count_schedules(wake_session, conversation_id) == 0
 
 
-async def test_create_refuses_a_context_source_of_another_conversation(session: AsyncSession) -> None:
-    other = await factories.schedule(session, uuid.uuid4())
+async def test_create_refuses_a_context_source_of_another_conversation(
+    wake_factory: WakeFactory, wake_session: AsyncSession
+) -> None:
+    other = await wake_factory.schedule(conversation_id=uuid.uuid4())
     conversation_id = uuid.uuid4()
     with pytest.raises(InvalidInputError, match="same conversation") as caught:
-        await factories.schedule(session, conversation_id, context_from_schedule_id=other.schedule_id)
+        await wake_factory.schedule(
+            conversation_id=conversation_id, context_from_schedule_id=other.schedule_id
+        )
     assert caught.value.field == "context_from_schedule_id"
-    assert await count_schedules(session, conversation_id) == 0
+    assert await count_schedules(wake_session, conversation_id) == 0
 
 
-async def test_create_accepts_a_context_source_of_the_same_conversation(session: AsyncSession) -> None:
+async def test_create_accepts_a_context_source_of_the_same_conversation(
+    wake_factory: WakeFactory, wake_session: AsyncSession
+) -> None:
     conversation_id = uuid.uuid4()
-    source = await factories.schedule(session, conversation_id)
-    reader = await factories.schedule(session, conversation_id, context_from_schedule_id=source.schedule_id)
+    source = await wake_factory.schedule(conversation_id=conversation_id)
+    reader = await wake_factory.schedule(
+        conversation_id=conversation_id, context_from_schedule_id=source.schedule_id
+    )
     assert reader.context_from_schedule_id == source.schedule_id
 
 
-async def test_create_with_a_missing_skill_is_refused_naming_the_foreign_key(session: AsyncSession) -> None:
+async def test_create_with_a_missing_skill_is_refused_naming_the_foreign_key(
+    wake_factory: WakeFactory, wake_session: AsyncSession
+) -> None:
     with pytest.raises(InvalidInputError) as caught:
-        await factories.schedule(session, uuid.uuid4(), skill_id=uuid.uuid4())
+        await wake_factory.schedule(conversation_id=uuid.uuid4(), skill_id=uuid.uuid4())
     assert caught.value.field == "agent_wake_schedules_skill_fk"
 
 
-async def test_create_with_a_taken_schedule_id_is_a_conflict(session: AsyncSession) -> None:
-    taken = await factories.schedule(session, uuid.uuid4())
+async def test_create_with_a_taken_schedule_id_is_a_conflict(
+    wake_factory: WakeFactory, wake_session: AsyncSession
+) -> None:
+    taken = await wake_factory.schedule(conversation_id=uuid.uuid4())
     with pytest.raises(ConflictError, match="agent_wake_schedules_schedule_id_key"):
-        await factories.schedule(session, uuid.uuid4(), schedule_id=taken.schedule_id)
+        await wake_factory.schedule(conversation_id=uuid.uuid4(), schedule_id=taken.schedule_id)
 
 
 async def test_get_returns_none_for_another_conversations_schedule(
-    repo: WakeScheduleRepository, session: AsyncSession
+    wake_factory: WakeFactory, repo: WakeScheduleRepository, wake_session: AsyncSession
 ) -> None:
-    created = await factories.schedule(session, uuid.uuid4())
+    created = await wake_factory.schedule(conversation_id=uuid.uuid4())
     assert await repo.get(created.conversation_id, created.schedule_id) is created
     assert await repo.get(uuid.uuid4(), created.schedule_id) is None
 
 
 async def test_list_for_conversation_is_newest_first(
-    repo: WakeScheduleRepository, session: AsyncSession
+    wake_factory: WakeFactory, repo: WakeScheduleRepository, wake_session: AsyncSession
 ) -> None:
     conversation_id = uuid.uuid4()
-    first = await factories.schedule(session, conversation_id)
-    second = await factories.schedule(session, conversation_id)
-    await session.execute(
+    first = await wake_factory.schedule(conversation_id=conversation_id)
+    second = await wake_factory.schedule(conversation_id=conversation_id)
+    await wake_session.execute(
         text(
             "UPDATE agent_wake_schedules SET date_created = date_created - interval '1 hour' "
             "WHERE conversation_id = :c AND schedule_id = :s"
@@ -137,13 +151,13 @@ async def test_list_for_conversation_is_newest_first(
 
 
 async def test_list_active_orders_by_next_fire_with_unset_last(
-    repo: WakeScheduleRepository, session: AsyncSession
+    wake_factory: WakeFactory, repo: WakeScheduleRepository, wake_session: AsyncSession
 ) -> None:
     conversation_id = uuid.uuid4()
-    unset = await factories.schedule(session, conversation_id, next_fire_at=None)
-    later = await factories.schedule(session, conversation_id, next_fire_at=in_minutes(60))
-    sooner = await factories.schedule(session, conversation_id, next_fire_at=in_minutes(5))
-    paused = await factories.schedule(session, conversation_id)
+    unset = await wake_factory.schedule(conversation_id=conversation_id, next_fire_at=None)
+    later = await wake_factory.schedule(conversation_id=conversation_id, next_fire_at=in_minutes(60))
+    sooner = await wake_factory.schedule(conversation_id=conversation_id, next_fire_at=in_minutes(5))
+    paused = await wake_factory.schedule(conversation_id=conversation_id)
     await repo.pause(conversation_id, paused.schedule_id)
     listed = await repo.list_active_for_conversation(conversation_id)
     assert [s.schedule_id for s in listed] == [sooner.schedule_id, later.schedule_id, unset.schedule_id]
@@ -151,10 +165,10 @@ async def test_list_active_orders_by_next_fire_with_unset_last(
 
 
 async def test_update_changes_named_fields_and_bumps_date_updated(
-    repo: WakeScheduleRepository, session: AsyncSession
+    wake_factory: WakeFactory, repo: WakeScheduleRepository, wake_session: AsyncSession
 ) -> None:
-    created = await factories.schedule(session, uuid.uuid4())
-    await session.execute(
+    created = await wake_factory.schedule(conversation_id=uuid.uuid4())
+    await wake_session.execute(
         text(
             "UPDATE agent_wake_schedules SET date_updated = now() - interval '1 day' "
             "WHERE conversation_id = :c AND schedule_id = :s"
@@ -166,7 +180,7 @@ async def test_update_changes_named_fields_and_bumps_date_updated(
     )
     assert (updated.name, updated.task_prompt) == ("morning check", "Check the inbox")
     stored = (
-        await session.execute(
+        await wake_session.execute(
             text(
                 "SELECT name, date_updated > now() - interval '1 minute' AS fresh "
                 "FROM agent_wake_schedules WHERE conversation_id = :c AND schedule_id = :s"
@@ -179,9 +193,9 @@ async def test_update_changes_named_fields_and_bumps_date_updated(
 
 
 async def test_update_validates_a_new_config_against_the_stored_type(
-    repo: WakeScheduleRepository, session: AsyncSession
+    wake_factory: WakeFactory, repo: WakeScheduleRepository, wake_session: AsyncSession
 ) -> None:
-    created = await factories.schedule(session, uuid.uuid4())
+    created = await wake_factory.schedule(conversation_id=uuid.uuid4())
     with pytest.raises(InvalidInputError) as caught:
         await repo.update(created.conversation_id, created.schedule_id, schedule_config={"expr": "* * * * *"})
     assert caught.value.field == "schedule_config.seconds"
@@ -196,9 +210,9 @@ async def test_update_validates_a_new_config_against_the_stored_type(
 
 @pytest.mark.parametrize("field", ["status", "conversation_id", "schedule_id", "date_created", "bogus"])
 async def test_update_refuses_fields_it_does_not_own(
-    repo: WakeScheduleRepository, session: AsyncSession, field: str
+    wake_factory: WakeFactory, repo: WakeScheduleRepository, wake_session: AsyncSession, field: str
 ) -> None:
-    created = await factories.schedule(session, uuid.uuid4())
+    created = await wake_factory.schedule(conversation_id=uuid.uuid4())
     with pytest.raises(InvalidInputError) as caught:
         await repo.update(created.conversation_id, created.schedule_id, **{field: "x"})
     assert caught.value.field == field
@@ -210,9 +224,9 @@ async def test_update_of_a_missing_schedule_is_not_found(repo: WakeScheduleRepos
 
 
 async def test_update_next_fire_at_refuses_a_paused_schedule(
-    repo: WakeScheduleRepository, session: AsyncSession
+    wake_factory: WakeFactory, repo: WakeScheduleRepository, wake_session: AsyncSession
 ) -> None:
-    created = await factories.schedule(session, uuid.uuid4())
+    created = await wake_factory.schedule(conversation_id=uuid.uuid4())
     moved = await repo.update_next_fire_at(created.conversation_id, created.schedule_id, in_minutes(90))
     assert moved.next_fire_at == in_minutes(90)
     await repo.pause(created.conversation_id, created.schedule_id)
@@ -220,23 +234,27 @@ async def test_update_next_fire_at_refuses_a_paused_schedule(
         await repo.update_next_fire_at(created.conversation_id, created.schedule_id, in_minutes(5))
 
 
-async def test_pause_clears_next_fire_at(repo: WakeScheduleRepository, session: AsyncSession) -> None:
-    created = await factories.schedule(session, uuid.uuid4())
+async def test_pause_clears_next_fire_at(
+    wake_factory: WakeFactory, repo: WakeScheduleRepository, wake_session: AsyncSession
+) -> None:
+    created = await wake_factory.schedule(conversation_id=uuid.uuid4())
     paused = await repo.pause(created.conversation_id, created.schedule_id)
     assert (paused.status, paused.next_fire_at) == ("paused", None)
 
 
-async def test_resume_sets_the_next_fire(repo: WakeScheduleRepository, session: AsyncSession) -> None:
-    created = await factories.schedule(session, uuid.uuid4())
+async def test_resume_sets_the_next_fire(
+    wake_factory: WakeFactory, repo: WakeScheduleRepository, wake_session: AsyncSession
+) -> None:
+    created = await wake_factory.schedule(conversation_id=uuid.uuid4())
     await repo.pause(created.conversation_id, created.schedule_id)
     resumed = await repo.resume(created.conversation_id, created.schedule_id, next_fire_at=in_minutes(10))
     assert (resumed.status, resumed.next_fire_at) == ("active", in_minutes(10))
 
 
 async def test_resume_never_revives_an_expired_schedule(
-    repo: WakeScheduleRepository, session: AsyncSession
+    wake_factory: WakeFactory, repo: WakeScheduleRepository, wake_session: AsyncSession
 ) -> None:
-    created = await factories.schedule(session, uuid.uuid4())
+    created = await wake_factory.schedule(conversation_id=uuid.uuid4())
     expired = await repo.mark_expired(created.conversation_id, created.schedule_id)
     assert (expired.status, expired.next_fire_at) == ("expired", None)
     with pytest.raises(ConflictError, match="expired"):
@@ -248,24 +266,28 @@ async def test_resume_never_revives_an_expired_schedule(
     assert stored.status == "expired"
 
 
-async def test_resume_refuses_a_naive_next_fire(repo: WakeScheduleRepository, session: AsyncSession) -> None:
-    created = await factories.schedule(session, uuid.uuid4())
+async def test_resume_refuses_a_naive_next_fire(
+    wake_factory: WakeFactory, repo: WakeScheduleRepository, wake_session: AsyncSession
+) -> None:
+    created = await wake_factory.schedule(conversation_id=uuid.uuid4())
     with pytest.raises(InvalidInputError, match="timezone-aware"):
         await repo.resume(created.conversation_id, created.schedule_id, next_fire_at=datetime(2026, 1, 1))
 
 
-async def test_delete_removes_the_schedule(repo: WakeScheduleRepository, session: AsyncSession) -> None:
-    created = await factories.schedule(session, uuid.uuid4())
+async def test_delete_removes_the_schedule(
+    wake_factory: WakeFactory, repo: WakeScheduleRepository, wake_session: AsyncSession
+) -> None:
+    created = await wake_factory.schedule(conversation_id=uuid.uuid4())
     await repo.delete(created.conversation_id, created.schedule_id)
-    assert await count_schedules(session, created.conversation_id) == 0
+    assert await count_schedules(wake_session, created.conversation_id) == 0
     with pytest.raises(NotFoundError):
         await repo.delete(created.conversation_id, created.schedule_id)
 
 
 async def test_claim_and_reschedule_is_a_compare_and_set(
-    repo: WakeScheduleRepository, session: AsyncSession
+    wake_factory: WakeFactory, repo: WakeScheduleRepository, wake_session: AsyncSession
 ) -> None:
-    created = await factories.schedule(session, uuid.uuid4(), next_fire_at=NOW)
+    created = await wake_factory.schedule(conversation_id=uuid.uuid4(), next_fire_at=NOW)
     claim = {
         "conversation_id": created.conversation_id,
         "schedule_id": created.schedule_id,
@@ -282,11 +304,10 @@ async def test_claim_and_reschedule_is_a_compare_and_set(
 
 
 async def test_claim_and_reschedule_can_expire_a_one_shot(
-    repo: WakeScheduleRepository, session: AsyncSession
+    wake_factory: WakeFactory, repo: WakeScheduleRepository, wake_session: AsyncSession
 ) -> None:
-    created = await factories.schedule(
-        session,
-        uuid.uuid4(),
+    created = await wake_factory.schedule(
+        conversation_id=uuid.uuid4(),
         schedule_type="one_shot_at",
         schedule_config={"fire_at_iso": NOW.isoformat()},
         next_fire_at=NOW,
@@ -321,14 +342,16 @@ async def test_claim_and_reschedule_refuses_an_active_schedule_without_a_next_fi
 
 
 async def test_list_due_spans_conversations_oldest_first_and_skips_inactive(
-    repo: WakeScheduleRepository, session: AsyncSession
+    wake_factory: WakeFactory, repo: WakeScheduleRepository, wake_session: AsyncSession
 ) -> None:
     far_past = NOW - timedelta(days=3650)
-    older = await factories.schedule(session, uuid.uuid4(), next_fire_at=far_past)
-    newer = await factories.schedule(session, uuid.uuid4(), next_fire_at=far_past + timedelta(seconds=1))
-    paused = await factories.schedule(session, uuid.uuid4(), next_fire_at=far_past)
+    older = await wake_factory.schedule(conversation_id=uuid.uuid4(), next_fire_at=far_past)
+    newer = await wake_factory.schedule(
+        conversation_id=uuid.uuid4(), next_fire_at=far_past + timedelta(seconds=1)
+    )
+    paused = await wake_factory.schedule(conversation_id=uuid.uuid4(), next_fire_at=far_past)
     await repo.pause(paused.conversation_id, paused.schedule_id)
-    await factories.schedule(session, uuid.uuid4(), next_fire_at=far_past + timedelta(days=1))
+    await wake_factory.schedule(conversation_id=uuid.uuid4(), next_fire_at=far_past + timedelta(days=1))
     due = await repo.list_due(far_past + timedelta(seconds=1), limit=10)
     assert [s.schedule_id for s in due] == [older.schedule_id, newer.schedule_id]
     assert [s.schedule_id for s in await repo.list_due(far_past + timedelta(seconds=1), limit=1)] == [

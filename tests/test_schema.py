@@ -161,14 +161,14 @@ def _differences(connection: Connection) -> list[object]:
     return list(compare_metadata(context, Base.metadata))
 
 
-async def test_models_and_migrated_database_have_no_autogenerate_difference(engine: AsyncEngine) -> None:
-    async with engine.connect() as connection:
+async def test_models_and_migrated_database_have_no_autogenerate_difference(wake_engine: AsyncEngine) -> None:
+    async with wake_engine.connect() as connection:
         differences = await connection.run_sync(_differences)
     assert differences == []
 
 
-async def test_constraints_match_the_reference_schema(engine: AsyncEngine) -> None:
-    async with engine.connect() as connection:
+async def test_constraints_match_the_reference_schema(wake_engine: AsyncEngine) -> None:
+    async with wake_engine.connect() as connection:
         rows = await connection.execute(
             text(
                 "SELECT rel.relname, con.conname, pg_get_constraintdef(con.oid) "
@@ -184,8 +184,8 @@ async def test_constraints_match_the_reference_schema(engine: AsyncEngine) -> No
     assert actual == EXPECTED_CONSTRAINTS
 
 
-async def test_indexes_match_the_reference_schema(engine: AsyncEngine) -> None:
-    async with engine.connect() as connection:
+async def test_indexes_match_the_reference_schema(wake_engine: AsyncEngine) -> None:
+    async with wake_engine.connect() as connection:
         rows = await connection.execute(
             text(
                 "SELECT indexname, indexdef FROM pg_indexes "
@@ -196,8 +196,8 @@ async def test_indexes_match_the_reference_schema(engine: AsyncEngine) -> None:
     assert actual == EXPECTED_INDEXES
 
 
-async def test_columns_match_the_reference_schema(engine: AsyncEngine) -> None:
-    async with engine.connect() as connection:
+async def test_columns_match_the_reference_schema(wake_engine: AsyncEngine) -> None:
+    async with wake_engine.connect() as connection:
         rows = await connection.execute(
             text(
                 "SELECT table_name, column_name, data_type, is_nullable = 'YES', column_default "

@@ -16,19 +16,19 @@ from agent_wake import (
     WebhookSubscription,
     WebhookSubscriptionRepository,
 )
-from tests import factories
-from tests.factories import NOW
+from agent_wake.factories import WakeFactory
+from tests.clock import NOW
 
 SECRET = "whsec_test_secret_value"
 
 
 @pytest.fixture
-def repo(session: AsyncSession, secret_box: SecretBox) -> WebhookSubscriptionRepository:
-    return WebhookSubscriptionRepository(session, secret_box)
+def repo(wake_session: AsyncSession, wake_secrets: SecretBox) -> WebhookSubscriptionRepository:
+    return WebhookSubscriptionRepository(wake_session, wake_secrets)
 
 
-async def stored_ciphertext(session: AsyncSession, subscription: WebhookSubscription) -> bytes:
-    result = await session.execute(
+async def stored_ciphertext(wake_session: AsyncSession, subscription: WebhookSubscription) -> bytes:
+    result = await wake_session.execute(
         text(
             "SELECT secret_ciphertext FROM webhook_subscriptions "
             "WHERE conversation_id = :c AND subscription_id = :s"
@@ -39,35 +39,41 @@ async def stored_ciphertext(session: AsyncSession, subscription: WebhookSubscrip
 
 
 async def test_create_stores_only_ciphertext(
-    repo: WebhookSubscriptionRepository, session: AsyncSession, secret_box: SecretBox
+    wake_factory: WakeFactory,
+    repo: WebhookSubscriptionRepository,
+    wake_session: AsyncSession,
+    wake_secrets: SecretBox,
 ) -> None:
-    created = await factories.subscription(session, secret_box, uuid.uuid4(), secret=SECRET)
-    ciphertext = await stored_ciphertext(session, created)
+    created = await wake_factory.subscription(conversation_id=uuid.uuid4(), secret=SECRET)
+    ciphertext = await stored_ciphertext(wake_session, created)
     assert SECRET.encode() not in ciphertext
-    assert secret_box.decrypt(ciphertext) == SECRET
+    assert wake_secrets.decrypt(ciphertext) == SECRET
     assert created.verification_scheme == "generic_hmac_sha256"
     assert created.status == "active"
     assert created.subscription_id.version == 7
 
 
 async def test_secret_never_appears_in_repr_or_logs(
-    session: AsyncSession, secret_box: SecretBox, caplog: pytest.LogCaptureFixture
+    wake_factory: WakeFactory,
+    wake_session: AsyncSession,
+    wake_secrets: SecretBox,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    created = await factories.subscription(session, secret_box, uuid.uuid4(), secret=SECRET)
+    created = await wake_factory.subscription(conversation_id=uuid.uuid4(), secret=SECRET)
     assert SECRET not in repr(created)
     assert "secret_ciphertext" not in repr(created)
     assert SECRET not in caplog.text
 
 
 async def test_create_refuses_a_scheme_that_is_not_a_slug(
-    session: AsyncSession, secret_box: SecretBox
+    wake_factory: WakeFactory, wake_session: AsyncSession, wake_secrets: SecretBox
 ) -> None:
     conversation_id = uuid.uuid4()
     with pytest.raises(InvalidInputError) as caught:
-        await factories.subscription(session, secret_box, conversation_id, verification_scheme="GitHub-v2")
+        await wake_factory.subscription(conversation_id=conversation_id, verification_scheme="GitHub-v2")
     assert caught.value.field == "verification_scheme"
-    count = await session.execute(
+    count = await wake_session.execute(
         text("SELECT count(*) FROM webhook_subscriptions WHERE conversation_id = :c"), {"c": conversation_id}
     )
     assert count.scalar_one() == 0
@@ -85,24 +91,33 @@ async def test_create_refuses_a_scheme_that_is_not_a_slug(
     ],
 )
 async def test_create_refuses_bad_input(
-    session: AsyncSession, secret_box: SecretBox, overrides: dict[str, object], field: str
+    wake_factory: WakeFactory,
+    wake_session: AsyncSession,
+    wake_secrets: SecretBox,
+    overrides: dict[str, object],
+    field: str,
 ) -> None:
     with pytest.raises(InvalidInputError) as caught:
-        await factories.subscription(session, secret_box, uuid.uuid4(), **overrides)
+        await wake_factory.subscription(conversation_id=uuid.uuid4(), **overrides)
     assert caught.value.field == field
 
 
-async def test_create_accepts_vendor_schemes(session: AsyncSession, secret_box: SecretBox) -> None:
-    created = await factories.subscription(
-        session, secret_box, uuid.uuid4(), verification_scheme="slack_signing"
+async def test_create_accepts_vendor_schemes(
+    wake_factory: WakeFactory, wake_session: AsyncSession, wake_secrets: SecretBox
+) -> None:
+    created = await wake_factory.subscription(
+        conversation_id=uuid.uuid4(), verification_scheme="slack_signing"
     )
     assert created.verification_scheme == "slack_signing"
 
 
 async def test_reveal_secret_is_partition_scoped(
-    repo: WebhookSubscriptionRepository, session: AsyncSession, secret_box: SecretBox
+    wake_factory: WakeFactory,
+    repo: WebhookSubscriptionRepository,
+    wake_session: AsyncSession,
+    wake_secrets: SecretBox,
 ) -> None:
-    created = await factories.subscription(session, secret_box, uuid.uuid4(), secret=SECRET)
+    created = await wake_factory.subscription(conversation_id=uuid.uuid4(), secret=SECRET)
     assert await repo.reveal_secret(created.conversation_id, created.subscription_id) == SECRET
     with pytest.raises(NotFoundError) as caught:
         await repo.reveal_secret(uuid.uuid4(), created.subscription_id)
@@ -110,9 +125,12 @@ async def test_reveal_secret_is_partition_scoped(
 
 
 async def test_rotate_secret_generates_a_strong_secret_and_returns_it_once(
-    repo: WebhookSubscriptionRepository, session: AsyncSession, secret_box: SecretBox
+    wake_factory: WakeFactory,
+    repo: WebhookSubscriptionRepository,
+    wake_session: AsyncSession,
+    wake_secrets: SecretBox,
 ) -> None:
-    created = await factories.subscription(session, secret_box, uuid.uuid4(), secret=SECRET)
+    created = await wake_factory.subscription(conversation_id=uuid.uuid4(), secret=SECRET)
     rotated = await repo.rotate_secret(created.conversation_id, created.subscription_id)
     assert rotated != SECRET
     assert len(rotated) >= 43
@@ -125,40 +143,51 @@ async def test_rotate_secret_generates_a_strong_secret_and_returns_it_once(
 
 
 async def test_rotate_secret_of_another_conversation_changes_nothing(
-    repo: WebhookSubscriptionRepository, session: AsyncSession, secret_box: SecretBox
+    wake_factory: WakeFactory,
+    repo: WebhookSubscriptionRepository,
+    wake_session: AsyncSession,
+    wake_secrets: SecretBox,
 ) -> None:
-    created = await factories.subscription(session, secret_box, uuid.uuid4(), secret=SECRET)
+    created = await wake_factory.subscription(conversation_id=uuid.uuid4(), secret=SECRET)
     with pytest.raises(NotFoundError):
         await repo.rotate_secret(uuid.uuid4(), created.subscription_id)
     assert await repo.reveal_secret(created.conversation_id, created.subscription_id) == SECRET
 
 
 async def test_secret_encrypted_under_an_old_key_still_decrypts_after_key_rotation(
-    session: AsyncSession,
+    wake_session: AsyncSession,
 ) -> None:
     old_key, new_key = SecretBox.generate_key(), SecretBox.generate_key()
-    created = await factories.subscription(session, SecretBox.from_keys(old_key), uuid.uuid4(), secret=SECRET)
-    rotated_box = WebhookSubscriptionRepository(session, SecretBox.from_keys(new_key, old_key))
+    created = await WakeFactory(wake_session, SecretBox.from_keys(old_key)).subscription(
+        conversation_id=uuid.uuid4(), secret=SECRET
+    )
+    rotated_box = WebhookSubscriptionRepository(wake_session, SecretBox.from_keys(new_key, old_key))
     assert await rotated_box.reveal_secret(created.conversation_id, created.subscription_id) == SECRET
-    stranger = WebhookSubscriptionRepository(session, SecretBox.from_keys(new_key))
+    stranger = WebhookSubscriptionRepository(wake_session, SecretBox.from_keys(new_key))
     with pytest.raises(SecretDecryptionError) as caught:
         await stranger.reveal_secret(created.conversation_id, created.subscription_id)
     assert SECRET not in str(caught.value)
 
 
 async def test_pause_and_resume(
-    repo: WebhookSubscriptionRepository, session: AsyncSession, secret_box: SecretBox
+    wake_factory: WakeFactory,
+    repo: WebhookSubscriptionRepository,
+    wake_session: AsyncSession,
+    wake_secrets: SecretBox,
 ) -> None:
-    created = await factories.subscription(session, secret_box, uuid.uuid4())
+    created = await wake_factory.subscription(conversation_id=uuid.uuid4())
     assert (await repo.pause(created.conversation_id, created.subscription_id)).status == "paused"
     assert (await repo.pause(created.conversation_id, created.subscription_id)).status == "paused"
     assert (await repo.resume(created.conversation_id, created.subscription_id)).status == "active"
 
 
 async def test_record_fire_stamps_last_fired_at_and_refuses_a_paused_subscription(
-    repo: WebhookSubscriptionRepository, session: AsyncSession, secret_box: SecretBox
+    wake_factory: WakeFactory,
+    repo: WebhookSubscriptionRepository,
+    wake_session: AsyncSession,
+    wake_secrets: SecretBox,
 ) -> None:
-    created = await factories.subscription(session, secret_box, uuid.uuid4())
+    created = await wake_factory.subscription(conversation_id=uuid.uuid4())
     fired = await repo.record_fire(created.conversation_id, created.subscription_id, fired_at=NOW)
     assert fired.last_fired_at == NOW
     await repo.pause(created.conversation_id, created.subscription_id)
@@ -167,18 +196,21 @@ async def test_record_fire_stamps_last_fired_at_and_refuses_a_paused_subscriptio
 
 
 async def test_list_for_conversation_and_delete(
-    repo: WebhookSubscriptionRepository, session: AsyncSession, secret_box: SecretBox
+    wake_factory: WakeFactory,
+    repo: WebhookSubscriptionRepository,
+    wake_session: AsyncSession,
+    wake_secrets: SecretBox,
 ) -> None:
     conversation_id = uuid.uuid4()
-    first = await factories.subscription(session, secret_box, conversation_id)
-    await session.execute(
+    first = await wake_factory.subscription(conversation_id=conversation_id)
+    await wake_session.execute(
         text(
             "UPDATE webhook_subscriptions SET date_created = now() - interval '1 hour' "
             "WHERE conversation_id = :c AND subscription_id = :s"
         ),
         {"c": conversation_id, "s": first.subscription_id},
     )
-    second = await factories.subscription(session, secret_box, conversation_id)
+    second = await wake_factory.subscription(conversation_id=conversation_id)
     listed = await repo.list_for_conversation(conversation_id)
     assert [s.subscription_id for s in listed] == [second.subscription_id, first.subscription_id]
     await repo.delete(conversation_id, first.subscription_id)
@@ -190,16 +222,19 @@ async def test_list_for_conversation_and_delete(
 
 
 async def test_find_by_id_looks_across_conversations(
-    repo: WebhookSubscriptionRepository, session: AsyncSession, secret_box: SecretBox
+    wake_factory: WakeFactory,
+    repo: WebhookSubscriptionRepository,
+    wake_session: AsyncSession,
+    wake_secrets: SecretBox,
 ) -> None:
-    created = await factories.subscription(session, secret_box, uuid.uuid4())
+    created = await wake_factory.subscription(conversation_id=uuid.uuid4())
     found = await repo.find_by_id(created.subscription_id)
     assert found is not None
     assert found.conversation_id == created.conversation_id
     assert await repo.find_by_id(uuid.uuid4()) is None
 
 
-def test_repository_refuses_something_that_is_not_a_secret_box(session: AsyncSession) -> None:
+def test_repository_refuses_something_that_is_not_a_secret_box(wake_session: AsyncSession) -> None:
     with pytest.raises(InvalidInputError) as caught:
-        WebhookSubscriptionRepository(session, "not a box")  # type: ignore[arg-type]
+        WebhookSubscriptionRepository(wake_session, "not a box")  # type: ignore[arg-type]
     assert caught.value.field == "secrets"
