@@ -18,9 +18,7 @@ async def test_two_concurrent_claims_of_one_fire_have_exactly_one_winner(
     sessions = async_sessionmaker(wake_engine, expire_on_commit=False)
     conversation_id = uuid.uuid4()
     async with sessions.begin() as session:
-        schedule = await WakeFactory(session, wake_secrets).schedule(
-            conversation_id=conversation_id, next_fire_at=NOW
-        )
+        schedule = await WakeFactory(session, wake_secrets).schedule(conversation_id=conversation_id, next_fire_at=NOW)
     first_claimed = asyncio.Event()
 
     async def claim(session: AsyncSession, *, wait_for_first: bool) -> bool:
@@ -56,9 +54,7 @@ async def test_many_concurrent_claims_have_exactly_one_winner(
     sessions = async_sessionmaker(wake_engine, expire_on_commit=False)
     conversation_id = uuid.uuid4()
     async with sessions.begin() as session:
-        schedule = await WakeFactory(session, wake_secrets).schedule(
-            conversation_id=conversation_id, next_fire_at=NOW
-        )
+        schedule = await WakeFactory(session, wake_secrets).schedule(conversation_id=conversation_id, next_fire_at=NOW)
 
     async def claim() -> bool:
         async with sessions.begin() as session:

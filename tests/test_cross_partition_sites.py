@@ -18,9 +18,10 @@ from agent_wake.partition_guard import _refusal
 from tests.clock import NOW
 
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "agent_wake"
-# The tick's scan, the webhook receiver's lookup, and the pytest plugin's
-# teardown that empties the wake tables after a wake_engine test.
-DOCUMENTED_CROSS_PARTITION_METHODS = {"list_due", "find_by_id", "wake_engine"}
+# The tick's scan and claim, the webhook receiver's lookup, the recovery
+# job's scan, and the pytest plugin's teardown that empties the wake tables
+# after a wake_engine test.
+DOCUMENTED_CROSS_PARTITION_METHODS = {"list_due", "claim_due", "find_by_id", "list_stale_dispatching", "wake_engine"}
 
 
 def spans_partitions_call_sites() -> list[tuple[str, str, ast.Call]]:
@@ -62,23 +63,19 @@ async def test_the_cross_partition_methods_would_be_refused_without_their_span(
     engine = create_async_engine(wake_database_url)
     sent: list[tuple[str, object]] = []
 
-    def record(
-        conn: object, cursor: object, statement: str, params: object, context: Any, many: bool
-    ) -> None:
+    def record(conn: object, cursor: object, statement: str, params: object, context: Any, many: bool) -> None:
         sent.append((statement, context.execution_options.get("agent_wake_spans_partitions")))
 
     event.listen(engine.sync_engine, "before_cursor_execute", record)
     try:
         async with AsyncSession(engine) as session:
             await WakeScheduleRepository(session).list_due(NOW)
-            await WebhookSubscriptionRepository(
-                session, SecretBox.from_keys(SecretBox.generate_key())
-            ).find_by_id(uuid.uuid4())
+            await WebhookSubscriptionRepository(session, SecretBox.from_keys(SecretBox.generate_key())).find_by_id(
+                uuid.uuid4()
+            )
     finally:
         await engine.dispose()
-    wake_statements = [
-        (sql, reason) for sql, reason in sent if "agent_wake_schedules" in sql or "webhook" in sql
-    ]
+    wake_statements = [(sql, reason) for sql, reason in sent if "agent_wake_schedules" in sql or "webhook" in sql]
     assert len(wake_statements) == 2
     for sql, reason in wake_statements:
         assert _refusal(sql) is not None, sql

@@ -106,9 +106,7 @@ async def test_finalize_success_records_the_output(
     wake_factory: WakeFactory, repo: WakeFireRepository, wake_session: AsyncSession
 ) -> None:
     schedule = await wake_factory.schedule(conversation_id=uuid.uuid4())
-    fire = await repo.create_dispatching(
-        conversation_id=schedule.conversation_id, schedule_id=schedule.schedule_id
-    )
+    fire = await repo.create_dispatching(conversation_id=schedule.conversation_id, schedule_id=schedule.schedule_id)
     done = await repo.finalize_success(
         fire.conversation_id,
         fire.fire_id,
@@ -129,18 +127,14 @@ async def test_finalizing_twice_keeps_the_first_result(
     wake_factory: WakeFactory, repo: WakeFireRepository, wake_session: AsyncSession
 ) -> None:
     schedule = await wake_factory.schedule(conversation_id=uuid.uuid4())
-    fire = await repo.create_dispatching(
-        conversation_id=schedule.conversation_id, schedule_id=schedule.schedule_id
-    )
+    fire = await repo.create_dispatching(conversation_id=schedule.conversation_id, schedule_id=schedule.schedule_id)
     await repo.finalize_success(fire.conversation_id, fire.fire_id, status="fired", output_text="first")
     again = await repo.finalize_failed(fire.conversation_id, fire.fire_id, error="late retry")
     assert (again.status, again.output_text, again.error) == ("fired", "first", None)
 
 
 @pytest.mark.parametrize("status", ["dispatching", "failed", "done"])
-async def test_finalize_success_refuses_a_status_that_is_not_a_success(
-    repo: WakeFireRepository, status: str
-) -> None:
+async def test_finalize_success_refuses_a_status_that_is_not_a_success(repo: WakeFireRepository, status: str) -> None:
     with pytest.raises(InvalidInputError) as caught:
         await repo.finalize_success(uuid.uuid4(), uuid.uuid4(), status=status)  # type: ignore[arg-type]
     assert caught.value.field == "status"
@@ -150,12 +144,8 @@ async def test_finalize_failed_records_the_error(
     wake_factory: WakeFactory, repo: WakeFireRepository, wake_session: AsyncSession
 ) -> None:
     schedule = await wake_factory.schedule(conversation_id=uuid.uuid4())
-    fire = await repo.create_dispatching(
-        conversation_id=schedule.conversation_id, schedule_id=schedule.schedule_id
-    )
-    failed = await repo.finalize_failed(
-        fire.conversation_id, fire.fire_id, error="model timeout", latency_ms=30000
-    )
+    fire = await repo.create_dispatching(conversation_id=schedule.conversation_id, schedule_id=schedule.schedule_id)
+    failed = await repo.finalize_failed(fire.conversation_id, fire.fire_id, error="model timeout", latency_ms=30000)
     assert (failed.status, failed.error, failed.latency_ms) == ("failed", "model timeout", 30000)
 
 
@@ -169,9 +159,7 @@ async def test_finalize_of_another_conversations_fire_is_not_found(
     wake_factory: WakeFactory, repo: WakeFireRepository, wake_session: AsyncSession
 ) -> None:
     schedule = await wake_factory.schedule(conversation_id=uuid.uuid4())
-    fire = await repo.create_dispatching(
-        conversation_id=schedule.conversation_id, schedule_id=schedule.schedule_id
-    )
+    fire = await repo.create_dispatching(conversation_id=schedule.conversation_id, schedule_id=schedule.schedule_id)
     with pytest.raises(NotFoundError):
         await repo.finalize_success(uuid.uuid4(), fire.fire_id, status="fired")
     stored = await repo.get(fire.conversation_id, fire.fire_id)
@@ -201,9 +189,7 @@ async def test_lists_are_newest_first_and_limited(
     for_schedule = await repo.list_for_schedule(conversation_id, schedule.schedule_id, limit=2)
     assert [f.fire_id for f in for_schedule] == [fires[2].fire_id, fires[1].fire_id]
     for_conversation = await repo.list_for_conversation(conversation_id)
-    assert [f.fire_id for f in for_conversation] == [other_fire.fire_id] + [
-        f.fire_id for f in reversed(fires)
-    ]
+    assert [f.fire_id for f in for_conversation] == [other_fire.fire_id] + [f.fire_id for f in reversed(fires)]
 
 
 async def test_latest_for_schedule_can_ask_only_for_output(
@@ -224,9 +210,7 @@ async def test_latest_for_schedule_can_ask_only_for_output(
     latest = await repo.latest_for_schedule(conversation_id, schedule.schedule_id)
     assert latest is not None
     assert latest.fire_id == skipped.fire_id
-    latest_output = await repo.latest_for_schedule(
-        conversation_id, schedule.schedule_id, statuses=OUTPUT_FIRE_STATUSES
-    )
+    latest_output = await repo.latest_for_schedule(conversation_id, schedule.schedule_id, statuses=OUTPUT_FIRE_STATUSES)
     assert latest_output is not None
     assert latest_output.fire_id == with_output.fire_id
     assert await repo.latest_for_schedule(uuid.uuid4(), schedule.schedule_id) is None
@@ -249,10 +233,7 @@ async def test_count_in_window_counts_from_since(
             actual_fired_at=NOW + timedelta(minutes=minute),
         )
     assert await repo.count_in_window(schedule.conversation_id, NOW + timedelta(minutes=10)) == 2
-    assert (
-        await repo.count_in_window(schedule.conversation_id, NOW + timedelta(minutes=10), statuses=["fired"])
-        == 0
-    )
+    assert await repo.count_in_window(schedule.conversation_id, NOW + timedelta(minutes=10), statuses=["fired"]) == 0
     assert await repo.count_in_window(uuid.uuid4(), NOW) == 0
     with pytest.raises(InvalidInputError, match="timezone-aware"):
         await repo.count_in_window(schedule.conversation_id, datetime(2026, 1, 1))

@@ -21,9 +21,7 @@ async def test_deleting_a_skill_nulls_skill_id_and_default_skill_id(
     skill = await wake_factory.skill()
     conversation_id = uuid.uuid4()
     schedule = await wake_factory.schedule(conversation_id=conversation_id, skill_id=skill.skill_id)
-    subscription = await wake_factory.subscription(
-        conversation_id=conversation_id, default_skill_id=skill.skill_id
-    )
+    subscription = await wake_factory.subscription(conversation_id=conversation_id, default_skill_id=skill.skill_id)
     await wake_session.execute(delete(AgentSkill).where(AgentSkill.skill_id == skill.skill_id))
     wake_session.expunge_all()
     reloaded = await WakeScheduleRepository(wake_session).get(conversation_id, schedule.schedule_id)
@@ -36,14 +34,10 @@ async def test_deleting_a_skill_nulls_skill_id_and_default_skill_id(
     assert reloaded_subscription.default_skill_id is None
 
 
-async def test_deleting_a_schedule_removes_its_fires(
-    wake_factory: WakeFactory, wake_session: AsyncSession
-) -> None:
+async def test_deleting_a_schedule_removes_its_fires(wake_factory: WakeFactory, wake_session: AsyncSession) -> None:
     schedule = await wake_factory.schedule(conversation_id=uuid.uuid4())
     fires = WakeFireRepository(wake_session)
-    fire = await fires.create_dispatching(
-        conversation_id=schedule.conversation_id, schedule_id=schedule.schedule_id
-    )
+    fire = await fires.create_dispatching(conversation_id=schedule.conversation_id, schedule_id=schedule.schedule_id)
     await WakeScheduleRepository(wake_session).delete(schedule.conversation_id, schedule.schedule_id)
     remaining = await wake_session.execute(
         text("SELECT count(*) FROM wake_fires WHERE conversation_id = :c AND fire_id = :f"),
@@ -74,9 +68,7 @@ async def test_deleting_a_context_source_nulls_the_readers_link(
 ) -> None:
     conversation_id = uuid.uuid4()
     source = await wake_factory.schedule(conversation_id=conversation_id)
-    reader = await wake_factory.schedule(
-        conversation_id=conversation_id, context_from_schedule_id=source.schedule_id
-    )
+    reader = await wake_factory.schedule(conversation_id=conversation_id, context_from_schedule_id=source.schedule_id)
     schedules = WakeScheduleRepository(wake_session)
     await schedules.delete(conversation_id, source.schedule_id)
     wake_session.expunge_all()

@@ -22,9 +22,7 @@ def alembic(
     *args: str, url: str, cwd: Path = REPO, extra_env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "AGENT_WAKE_DATABASE_URL": url, **(extra_env or {})}
-    result = subprocess.run(
-        [sys.executable, "-m", "alembic", *args], cwd=cwd, env=env, capture_output=True, text=True
-    )
+    result = subprocess.run([sys.executable, "-m", "alembic", *args], cwd=cwd, env=env, capture_output=True, text=True)
     assert result.returncode == 0, f"alembic {' '.join(args)} failed:\n{result.stderr}"
     return result
 
@@ -55,7 +53,7 @@ async def test_upgrade_head_creates_every_table(scratch_databases: ScratchDataba
     url = await scratch_databases.create()
     alembic("upgrade", "head", url=url)
     assert await tables(url) == WAKE_TABLES | UPSTREAM_TABLES
-    assert await versions(url) == {"agent_wake_0006"}
+    assert await versions(url) == {"agent_wake_0007"}
 
 
 async def test_downgrade_base_removes_everything_and_upgrade_works_again(
@@ -82,7 +80,7 @@ async def test_downgrade_to_upstream_removes_only_the_wake_tables(
 async def test_every_wake_step_downgrades_and_upgrades_again(scratch_databases: ScratchDatabases) -> None:
     url = await scratch_databases.create()
     alembic("upgrade", "agent_wake_upstream", url=url)
-    for step in range(1, 7):
+    for step in range(1, 8):
         revision = f"agent_wake_{step:04d}"
         alembic("upgrade", revision, url=url)
         alembic("downgrade", "-1", url=url)
@@ -114,10 +112,8 @@ def test_offline_upgrade_prints_the_ddl() -> None:
     result = alembic("upgrade", "head", "--sql", url="postgresql://nobody@invalid.invalid/none")
     for table in WAKE_TABLES | UPSTREAM_TABLES:
         assert f"CREATE TABLE {table} (" in result.stdout
-    assert (
-        "CREATE INDEX idx_wake_schedules_next_fire ON agent_wake_schedules (next_fire_at) " in result.stdout
-    )
-    assert "UPDATE alembic_version SET version_num='agent_wake_0006'" in result.stdout
+    assert "CREATE INDEX idx_wake_schedules_next_fire ON agent_wake_schedules (next_fire_at) " in result.stdout
+    assert "UPDATE alembic_version SET version_num='agent_wake_0007'" in result.stdout
 
 
 async def test_schema_option_migrates_into_its_own_schema(scratch_databases: ScratchDatabases) -> None:
@@ -127,7 +123,7 @@ async def test_schema_option_migrates_into_its_own_schema(scratch_databases: Scr
     assert await tables(url, "agent_one") == WAKE_TABLES | UPSTREAM_TABLES
     assert await tables(url, "agent_two") == WAKE_TABLES | UPSTREAM_TABLES
     assert await tables(url, "public") == set()
-    assert await versions(url, "agent_one") == {"agent_wake_0006"}
+    assert await versions(url, "agent_one") == {"agent_wake_0007"}
     alembic("-x", "schema=agent_one", "downgrade", "base", url=url)
     assert await tables(url, "agent_one") == set()
     assert await tables(url, "agent_two") == WAKE_TABLES | UPSTREAM_TABLES
@@ -236,6 +232,6 @@ async def test_host_application_plugs_in_only_the_agent_wake_branch(
     host_env = {"HOST_DATABASE_URL": url}
     alembic("upgrade", "heads", url=url, cwd=tmp_path, extra_env=host_env)
     assert await tables(url) == WAKE_TABLES | UPSTREAM_TABLES
-    assert await versions(url) == {"agent_wake_0006"}
+    assert await versions(url) == {"agent_wake_0007"}
     alembic("downgrade", "agent_wake_upstream", url=url, cwd=tmp_path, extra_env=host_env)
     assert await tables(url) == UPSTREAM_TABLES

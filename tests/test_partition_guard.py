@@ -50,9 +50,7 @@ UNSCOPED = {
         f"SELECT 1/0 FROM agent_wake_schedules s WHERE s.conversation_id = '{CONVERSATION}' "
         "AND EXISTS (SELECT 1 FROM wake_fires f WHERE f.schedule_id = s.schedule_id)"
     ),
-    "subquery in from": (
-        f"SELECT 1/0 FROM (SELECT * FROM wake_fires) f WHERE f.conversation_id = '{CONVERSATION}'"
-    ),
+    "subquery in from": (f"SELECT 1/0 FROM (SELECT * FROM wake_fires) f WHERE f.conversation_id = '{CONVERSATION}'"),
     "join with one side scoped": (
         "SELECT 1/0 FROM agent_wake_schedules s JOIN wake_fires f ON f.schedule_id = s.schedule_id "
         f"WHERE s.conversation_id = '{CONVERSATION}'"
@@ -66,8 +64,7 @@ UNSCOPED = {
         f"SELECT 1/0 FROM all_fires WHERE conversation_id = '{CONVERSATION}'"
     ),
     "union": (
-        f"SELECT 1/0 FROM wake_fires WHERE conversation_id = '{CONVERSATION}' "
-        "UNION ALL SELECT 1/0 FROM wake_fires"
+        f"SELECT 1/0 FROM wake_fires WHERE conversation_id = '{CONVERSATION}' UNION ALL SELECT 1/0 FROM wake_fires"
     ),
     "update from": (
         "UPDATE agent_wake_schedules s SET name = 'x' FROM wake_fires f "
@@ -139,16 +136,12 @@ SCOPED = {
         f"(SELECT 1 FROM wake_fires f WHERE f.conversation_id = '{CONVERSATION}' "
         "AND f.schedule_id = s.schedule_id)"
     ),
-    "subquery in from": (
-        f"SELECT 1 FROM (SELECT * FROM wake_fires WHERE conversation_id = '{CONVERSATION}') f"
-    ),
+    "subquery in from": (f"SELECT 1 FROM (SELECT * FROM wake_fires WHERE conversation_id = '{CONVERSATION}') f"),
     "join with both sides": (
         "SELECT 1 FROM agent_wake_schedules s JOIN wake_fires f ON f.schedule_id = s.schedule_id "
         f"WHERE s.conversation_id = '{CONVERSATION}' AND f.conversation_id = '{CONVERSATION}'"
     ),
-    "cte": (
-        f"WITH mine AS (SELECT * FROM wake_fires WHERE conversation_id = '{CONVERSATION}') SELECT 1 FROM mine"
-    ),
+    "cte": (f"WITH mine AS (SELECT * FROM wake_fires WHERE conversation_id = '{CONVERSATION}') SELECT 1 FROM mine"),
     "update from": (
         "UPDATE agent_wake_schedules s SET name = 'x' FROM wake_fires f "
         f"WHERE s.conversation_id = '{CONVERSATION}' AND f.conversation_id = '{CONVERSATION}' "
@@ -159,9 +152,7 @@ SCOPED = {
         f"WHERE f.conversation_id = '{CONVERSATION}' AND s.conversation_id = '{CONVERSATION}' "
         "AND s.schedule_id = f.schedule_id"
     ),
-    "quoted and schema-qualified": (
-        f"SELECT 1 FROM public.\"wake_fires\" WHERE conversation_id = '{CONVERSATION}'"
-    ),
+    "quoted and schema-qualified": (f"SELECT 1 FROM public.\"wake_fires\" WHERE conversation_id = '{CONVERSATION}'"),
     "other tables": "SELECT count(*) FROM conversations",
     "ddl": "COMMENT ON TABLE wake_fires IS 'one row per fire'",
 }
@@ -178,9 +169,7 @@ async def test_orm_select_without_conversation_is_refused(wake_session: AsyncSes
         await wake_session.scalars(select(WakeSchedule).where(WakeSchedule.status == "active"))
 
 
-async def test_orm_select_with_conversation_passes(
-    wake_factory: WakeFactory, wake_session: AsyncSession
-) -> None:
+async def test_orm_select_with_conversation_passes(wake_factory: WakeFactory, wake_session: AsyncSession) -> None:
     created = await wake_factory.schedule(conversation_id=uuid.uuid4())
     found = await wake_session.scalars(
         select(WakeSchedule).where(WakeSchedule.conversation_id == created.conversation_id)
@@ -211,9 +200,7 @@ async def test_core_statement_on_a_bare_connection_is_refused(connection: AsyncC
 
 
 async def test_core_upsert_that_rewrites_conversation_id_is_refused(connection: AsyncConnection) -> None:
-    statement = insert(WakeFire.__table__).values(
-        conversation_id=uuid.uuid4(), fire_id=uuid.uuid4(), status="fired"
-    )
+    statement = insert(WakeFire.__table__).values(conversation_id=uuid.uuid4(), fire_id=uuid.uuid4(), status="fired")
     statement = statement.on_conflict_do_update(
         index_elements=["fire_id"], set_={"conversation_id": statement.excluded.conversation_id}
     )
@@ -237,9 +224,7 @@ async def test_spans_partitions_as_an_execution_option_allows_that_statement(
 ) -> None:
     statement = text("SELECT count(*) FROM wake_fires").execution_options(**spans_partitions("report"))
     await connection.execute(statement)
-    await connection.execute(
-        text("SELECT count(*) FROM wake_fires"), execution_options=spans_partitions("report")
-    )
+    await connection.execute(text("SELECT count(*) FROM wake_fires"), execution_options=spans_partitions("report"))
 
 
 @pytest.mark.parametrize("reason", ["", "   ", None])
@@ -257,9 +242,7 @@ async def test_the_refusal_is_an_agent_wake_error_and_the_transaction_survives(
     assert (await connection.execute(text("SELECT 41 + 1"))).scalar_one() == 42
 
 
-async def test_warn_mode_runs_the_statement_and_warns(
-    wake_database_url: str, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_warn_mode_runs_the_statement_and_warns(wake_database_url: str, caplog: pytest.LogCaptureFixture) -> None:
     engine = create_async_engine(wake_database_url)
     install_partition_guard(engine, mode="warn")
     try:

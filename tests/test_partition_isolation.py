@@ -39,11 +39,7 @@ async def snapshot(wake_session: AsyncSession, conversation_id: uuid.UUID) -> di
 
 def conversations_of(returned: Any) -> set[uuid.UUID]:
     items = returned if isinstance(returned, list) else [returned]
-    return {
-        item.conversation_id
-        for item in items
-        if isinstance(item, WakeSchedule | WakeFire | WebhookSubscription)
-    }
+    return {item.conversation_id for item in items if isinstance(item, WakeSchedule | WakeFire | WebhookSubscription)}
 
 
 async def test_calls_for_one_conversation_never_touch_another(

@@ -31,9 +31,7 @@ operations = st.lists(
         st.tuples(st.just("create_schedule"), conversation),
         st.tuples(st.just("pause"), conversation, target),
         st.tuples(st.just("resume"), conversation, target),
-        st.tuples(
-            st.just("rename"), conversation, target, st.text(min_size=1, max_size=8).filter(str.isprintable)
-        ),
+        st.tuples(st.just("rename"), conversation, target, st.text(min_size=1, max_size=8).filter(str.isprintable)),
         st.tuples(st.just("delete_schedule"), conversation, target),
         st.tuples(st.just("get_schedule"), conversation, target),
         st.tuples(st.just("list_schedules"), conversation),
@@ -106,9 +104,7 @@ async def database_state(wake_session: AsyncSession, model: Model, secrets: Secr
     return state
 
 
-async def apply(
-    operation: tuple[Any, ...], model: Model, wake_session: AsyncSession, secrets: SecretBox
-) -> None:
+async def apply(operation: tuple[Any, ...], model: Model, wake_session: AsyncSession, secrets: SecretBox) -> None:
     name, conversation_index, *rest = operation
     conversation_id = model.conversations[conversation_index]
     schedules = WakeScheduleRepository(wake_session)
@@ -170,9 +166,7 @@ async def apply(
                 for fire_id in [f for f, fire in model.fires.items() if fire["schedule"] == schedule_id]:
                     del model.fires[fire_id]
             else:
-                result = await fires.create_dispatching(
-                    conversation_id=conversation_id, schedule_id=schedule_id
-                )
+                result = await fires.create_dispatching(conversation_id=conversation_id, schedule_id=schedule_id)
                 model.fires[result.fire_id] = {
                     "conversation": conversation_id,
                     "status": "dispatching",

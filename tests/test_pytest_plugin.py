@@ -72,9 +72,7 @@ ROUND_TRIP = """
 """
 
 
-@pytest.mark.parametrize(
-    ("mode", "marker"), [("strict", "@pytest.mark.asyncio"), ("auto", "")], ids=["strict", "auto"]
-)
+@pytest.mark.parametrize(("mode", "marker"), [("strict", "@pytest.mark.asyncio"), ("auto", "")], ids=["strict", "auto"])
 def test_downstream_suite_gets_a_migrated_database_and_isolation(
     pytester: pytest.Pytester, mode: str, marker: str
 ) -> None:
@@ -172,7 +170,7 @@ async def test_the_host_environment_migrated_the_database(wake_session, wake_fac
     ))
     assert "title" in set(columns.scalars())
     version = await wake_session.execute(text("SELECT version_num FROM alembic_version"))
-    assert set(version.scalars()) == {"agent_wake_0006"}
+    assert set(version.scalars()) == {"agent_wake_0007"}
     skill = await wake_factory.skill()
     schedule = await wake_factory.schedule(skill_id=skill.skill_id)
     assert schedule.skill_id == skill.skill_id
@@ -275,9 +273,7 @@ async def test_the_testcontainers_source_starts_a_postgresql_container() -> None
         server.stop()
 
 
-def test_when_no_source_works_the_error_says_what_was_tried(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_when_no_source_works_the_error_says_what_was_tried(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import docker
 
     try:

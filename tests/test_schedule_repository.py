@@ -39,19 +39,14 @@ async def test_create_returns_the_stored_row_with_server_defaults(
     assert created.date_created.tzinfo is not None
     row = (
         await wake_session.execute(
-            text(
-                "SELECT schedule_config FROM agent_wake_schedules "
-                "WHERE conversation_id = :c AND schedule_id = :s"
-            ),
+            text("SELECT schedule_config FROM agent_wake_schedules WHERE conversation_id = :c AND schedule_id = :s"),
             {"c": created.conversation_id, "s": created.schedule_id},
         )
     ).one()
     assert row.schedule_config == {"expr": "0 */3 * * *"}
 
 
-async def test_create_keeps_a_given_schedule_id(
-    wake_factory: WakeFactory, wake_session: AsyncSession
-) -> None:
+async def test_create_keeps_a_given_schedule_id(wake_factory: WakeFactory, wake_session: AsyncSession) -> None:
     given = uuid.uuid4()
     created = await wake_factory.schedule(conversation_id=uuid.uuid4(), schedule_id=given)
     assert created.schedule_id == given
@@ -91,9 +86,7 @@ async def test_create_refuses_a_context_source_of_another_conversation(
     other = await wake_factory.schedule(conversation_id=uuid.uuid4())
     conversation_id = uuid.uuid4()
     with pytest.raises(InvalidInputError, match="same conversation") as caught:
-        await wake_factory.schedule(
-            conversation_id=conversation_id, context_from_schedule_id=other.schedule_id
-        )
+        await wake_factory.schedule(conversation_id=conversation_id, context_from_schedule_id=other.schedule_id)
     assert caught.value.field == "context_from_schedule_id"
     assert await count_schedules(wake_session, conversation_id) == 0
 
@@ -103,9 +96,7 @@ async def test_create_accepts_a_context_source_of_the_same_conversation(
 ) -> None:
     conversation_id = uuid.uuid4()
     source = await wake_factory.schedule(conversation_id=conversation_id)
-    reader = await wake_factory.schedule(
-        conversation_id=conversation_id, context_from_schedule_id=source.schedule_id
-    )
+    reader = await wake_factory.schedule(conversation_id=conversation_id, context_from_schedule_id=source.schedule_id)
     assert reader.context_from_schedule_id == source.schedule_id
 
 
@@ -346,17 +337,13 @@ async def test_list_due_spans_conversations_oldest_first_and_skips_inactive(
 ) -> None:
     far_past = NOW - timedelta(days=3650)
     older = await wake_factory.schedule(conversation_id=uuid.uuid4(), next_fire_at=far_past)
-    newer = await wake_factory.schedule(
-        conversation_id=uuid.uuid4(), next_fire_at=far_past + timedelta(seconds=1)
-    )
+    newer = await wake_factory.schedule(conversation_id=uuid.uuid4(), next_fire_at=far_past + timedelta(seconds=1))
     paused = await wake_factory.schedule(conversation_id=uuid.uuid4(), next_fire_at=far_past)
     await repo.pause(paused.conversation_id, paused.schedule_id)
     await wake_factory.schedule(conversation_id=uuid.uuid4(), next_fire_at=far_past + timedelta(days=1))
     due = await repo.list_due(far_past + timedelta(seconds=1), limit=10)
     assert [s.schedule_id for s in due] == [older.schedule_id, newer.schedule_id]
-    assert [s.schedule_id for s in await repo.list_due(far_past + timedelta(seconds=1), limit=1)] == [
-        older.schedule_id
-    ]
+    assert [s.schedule_id for s in await repo.list_due(far_past + timedelta(seconds=1), limit=1)] == [older.schedule_id]
 
 
 @pytest.mark.parametrize("limit", [0, -1, 10_001, "10", True])

@@ -17,8 +17,7 @@ EXPECTED_CONSTRAINTS = {
             "FOREIGN KEY (skill_id) REFERENCES agent_skills(skill_id) ON DELETE SET NULL"
         ),
         "agent_wake_schedules_context_from_fk": (
-            "FOREIGN KEY (context_from_schedule_id) "
-            "REFERENCES agent_wake_schedules(schedule_id) ON DELETE SET NULL"
+            "FOREIGN KEY (context_from_schedule_id) REFERENCES agent_wake_schedules(schedule_id) ON DELETE SET NULL"
         ),
         "agent_wake_schedules_execution_mode_check": (
             "CHECK ((execution_mode = ANY (ARRAY['inline'::text, 'spawn'::text])))"
@@ -37,8 +36,7 @@ EXPECTED_CONSTRAINTS = {
             "FOREIGN KEY (schedule_id) REFERENCES agent_wake_schedules(schedule_id) ON DELETE CASCADE"
         ),
         "wake_fires_webhook_subscription_fk": (
-            "FOREIGN KEY (webhook_subscription_id) "
-            "REFERENCES webhook_subscriptions(subscription_id) ON DELETE SET NULL"
+            "FOREIGN KEY (webhook_subscription_id) REFERENCES webhook_subscriptions(subscription_id) ON DELETE SET NULL"
         ),
         "wake_fires_one_source_check": (
             "CHECK ((NOT ((schedule_id IS NOT NULL) AND (webhook_subscription_id IS NOT NULL))))"
@@ -62,9 +60,7 @@ EXPECTED_CONSTRAINTS = {
             "CHECK (((verification_scheme ~ '^[a-z0-9_]+$'::text) AND "
             "((length(verification_scheme) >= 1) AND (length(verification_scheme) <= 64))))"
         ),
-        "webhook_subscriptions_status_check": (
-            "CHECK ((status = ANY (ARRAY['active'::text, 'paused'::text])))"
-        ),
+        "webhook_subscriptions_status_check": ("CHECK ((status = ANY (ARRAY['active'::text, 'paused'::text])))"),
     },
     "conversations": {"conversations_pkey": "PRIMARY KEY (agent_id, conversation_id)"},
     "agent_skills": {
@@ -78,9 +74,7 @@ EXPECTED_INDEXES = {
         "ON public.agent_wake_schedules USING btree (next_fire_at) "
         "WHERE ((status = 'active'::text) AND (next_fire_at IS NOT NULL))"
     ),
-    "idx_wake_schedules_conv_status": (
-        "ON public.agent_wake_schedules USING btree (conversation_id, status)"
-    ),
+    "idx_wake_schedules_conv_status": ("ON public.agent_wake_schedules USING btree (conversation_id, status)"),
     "idx_wake_schedules_user": "ON public.agent_wake_schedules USING btree (user_id)",
     "idx_wake_schedules_context_from": (
         "ON public.agent_wake_schedules USING btree (context_from_schedule_id) "
@@ -96,6 +90,15 @@ EXPECTED_INDEXES = {
     "idx_wake_fires_conv_time": "ON public.wake_fires USING btree (conversation_id, actual_fired_at DESC)",
     "idx_webhook_subs_conv": "ON public.webhook_subscriptions USING btree (conversation_id, status)",
     "idx_webhook_subs_user": "ON public.webhook_subscriptions USING btree (user_id)",
+    # Step 7, after the reference schema's six steps: one fire per period, and
+    # the crash-recovery scan.
+    "idx_wake_fires_schedule_period": (
+        "ON public.wake_fires USING btree (conversation_id, schedule_id, scheduled_fire_at) "
+        "WHERE (schedule_id IS NOT NULL)"
+    ),
+    "idx_wake_fires_dispatching": (
+        "ON public.wake_fires USING btree (actual_fired_at) WHERE (status = 'dispatching'::text)"
+    ),
 }
 
 # (column, type, nullable, default) per table, from shared/schema.md.
@@ -187,12 +190,13 @@ async def test_constraints_match_the_reference_schema(wake_engine: AsyncEngine) 
 async def test_indexes_match_the_reference_schema(wake_engine: AsyncEngine) -> None:
     async with wake_engine.connect() as connection:
         rows = await connection.execute(
-            text(
-                "SELECT indexname, indexdef FROM pg_indexes "
-                "WHERE schemaname = 'public' AND indexname LIKE 'idx\\_%'"
-            )
+            text("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' AND indexname LIKE 'idx\\_%'")
         )
         actual = {name: definition.split(f"{name} ", 1)[1] for name, definition in rows}
+        unique = await connection.execute(
+            text("SELECT indexname FROM pg_indexes WHERE indexdef LIKE 'CREATE UNIQUE INDEX idx\\_%'")
+        )
+        assert set(unique.scalars()) == {"idx_wake_fires_schedule_period"}
     assert actual == EXPECTED_INDEXES
 
 

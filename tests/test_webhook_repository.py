@@ -29,10 +29,7 @@ def repo(wake_session: AsyncSession, wake_secrets: SecretBox) -> WebhookSubscrip
 
 async def stored_ciphertext(wake_session: AsyncSession, subscription: WebhookSubscription) -> bytes:
     result = await wake_session.execute(
-        text(
-            "SELECT secret_ciphertext FROM webhook_subscriptions "
-            "WHERE conversation_id = :c AND subscription_id = :s"
-        ),
+        text("SELECT secret_ciphertext FROM webhook_subscriptions WHERE conversation_id = :c AND subscription_id = :s"),
         {"c": subscription.conversation_id, "s": subscription.subscription_id},
     )
     return bytes(result.scalar_one())
@@ -105,9 +102,7 @@ async def test_create_refuses_bad_input(
 async def test_create_accepts_vendor_schemes(
     wake_factory: WakeFactory, wake_session: AsyncSession, wake_secrets: SecretBox
 ) -> None:
-    created = await wake_factory.subscription(
-        conversation_id=uuid.uuid4(), verification_scheme="slack_signing"
-    )
+    created = await wake_factory.subscription(conversation_id=uuid.uuid4(), verification_scheme="slack_signing")
     assert created.verification_scheme == "slack_signing"
 
 
@@ -135,9 +130,7 @@ async def test_rotate_secret_generates_a_strong_secret_and_returns_it_once(
     assert rotated != SECRET
     assert len(rotated) >= 43
     assert await repo.reveal_secret(created.conversation_id, created.subscription_id) == rotated
-    chosen = await repo.rotate_secret(
-        created.conversation_id, created.subscription_id, new_secret="chosen-one"
-    )
+    chosen = await repo.rotate_secret(created.conversation_id, created.subscription_id, new_secret="chosen-one")
     assert chosen == "chosen-one"
     assert await repo.reveal_secret(created.conversation_id, created.subscription_id) == "chosen-one"
 
@@ -214,9 +207,7 @@ async def test_list_for_conversation_and_delete(
     listed = await repo.list_for_conversation(conversation_id)
     assert [s.subscription_id for s in listed] == [second.subscription_id, first.subscription_id]
     await repo.delete(conversation_id, first.subscription_id)
-    assert [s.subscription_id for s in await repo.list_for_conversation(conversation_id)] == [
-        second.subscription_id
-    ]
+    assert [s.subscription_id for s in await repo.list_for_conversation(conversation_id)] == [second.subscription_id]
     with pytest.raises(NotFoundError):
         await repo.delete(conversation_id, first.subscription_id)
 

@@ -25,11 +25,11 @@ from agent_wake.errors import (
     PartitionScopeError,
     SecretDecryptionError,
 )
-from agent_wake.fire_repository import WakeFireRepository
+from agent_wake.fire_repository import FireFailure, FireSuccess, WakeFireRepository
 from agent_wake.models import AgentSkill, Base, Conversation, WakeFire, WakeSchedule, WebhookSubscription
 from agent_wake.partition_guard import GuardMode, PartitionSpan, install_partition_guard, spans_partitions
 from agent_wake.schedule_configs import register_schedule_type, validate_schedule_config
-from agent_wake.schedule_repository import WakeScheduleRepository
+from agent_wake.schedule_repository import ClaimedFire, NextFire, WakeScheduleRepository
 from agent_wake.secret_box import SecretBox
 from agent_wake.webhook_repository import WebhookSubscriptionRepository
 
@@ -46,13 +46,17 @@ __all__ = [
     "AgentSkill",
     "AgentWakeError",
     "Base",
+    "ClaimedFire",
     "ConflictError",
     "Conversation",
     "ExecutionMode",
+    "FireFailure",
     "FireStatus",
+    "FireSuccess",
     "GuardMode",
     "InvalidInputError",
     "MissedFirePolicy",
+    "NextFire",
     "NotFoundError",
     "PartitionScopeError",
     "PartitionSpan",

@@ -53,9 +53,7 @@ def require_choice(field: str, value: object, choices: tuple[_Choice, ...]) -> _
     raise InvalidInputError(field, f"must be one of {', '.join(choices)}")
 
 
-def require_choices(
-    field: str, values: Iterable[object], choices: tuple[_Choice, ...]
-) -> tuple[_Choice, ...]:
+def require_choices(field: str, values: Iterable[object], choices: tuple[_Choice, ...]) -> tuple[_Choice, ...]:
     if isinstance(values, str):
         raise InvalidInputError(field, "must be a collection of values, not a single string")
     accepted = tuple(require_choice(field, value, choices) for value in values)

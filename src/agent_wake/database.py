@@ -97,8 +97,7 @@ def validate_schema_name(schema: str) -> str:
     if not _SCHEMA_NAME.match(schema):
         raise InvalidInputError(
             "schema",
-            "must be a lower-case identifier: a-z, 0-9 and _, not starting with a digit, "
-            "at most 63 characters",
+            "must be a lower-case identifier: a-z, 0-9 and _, not starting with a digit, at most 63 characters",
         )
     return schema
 

@@ -78,9 +78,7 @@ class WakeFactory:
             "agent_id": uuid.uuid4(),
             "secret": DEFAULT_WEBHOOK_SECRET,
         }
-        return await WebhookSubscriptionRepository(self.session, self.secrets).create(
-            **{**values, **overrides}
-        )
+        return await WebhookSubscriptionRepository(self.session, self.secrets).create(**{**values, **overrides})
 
     async def fire(self, *, status: FireStatus = "dispatching", **overrides: Any) -> WakeFire:
         """A fire of a schedule (made for it unless ``schedule_id`` or

@@ -1,24 +1,42 @@
 """Partition-scoped access to ``wake_fires``, the fire history."""
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
 import uuid_utils.compat as uuid_utils
-from sqlalchemy import ColumnElement, func, insert, literal, null, select, update
-from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    Integer,
+    Text,
+    any_,
+    func,
+    insert,
+    literal,
+    null,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.types import TypeEngine
 
 from agent_wake import _validation as check
 from agent_wake import enums
+from agent_wake._batch import unnest_rows
 from agent_wake.errors import InvalidInputError, NotFoundError, translate_database_errors
 from agent_wake.models import WakeFire, WakeSchedule, WebhookSubscription
+from agent_wake.partition_guard import spans_partitions
 
-__all__ = ["WakeFireRepository"]
+__all__ = ["FireFailure", "FireSuccess", "WakeFireRepository"]
 
 _MAX_OUTPUT_LENGTH: Final = 1_000_000
 _MAX_LATENCY_MS: Final = 2**31 - 1
+# (conversation_id, fire_id)
+_FireKey = tuple[uuid.UUID, uuid.UUID]
 
 
 def _this_fire(conversation_id: uuid.UUID, fire_id: uuid.UUID) -> ColumnElement[bool]:
@@ -84,9 +102,7 @@ class WakeFireRepository:
                 WebhookSubscription.subscription_id == webhook_subscription_id
             )
         else:
-            raise InvalidInputError(
-                "schedule_id", "a fire needs a source: give schedule_id or webhook_subscription_id"
-            )
+            raise InvalidInputError("schedule_id", "a fire needs a source: give schedule_id or webhook_subscription_id")
         row = select(
             *source_columns,
             _uuid_literal(conversation_id),
@@ -133,13 +149,8 @@ class WakeFireRepository:
         it as stored (first finalization wins), so a retry is harmless. One
         UPDATE; one more SELECT only in that already-final case.
         """
-        values = {
-            "status": check.require_choice("status", status, enums.FINAL_FIRE_STATUSES),
-            "output_text": check.optional_text("output_text", output_text, max_length=_MAX_OUTPUT_LENGTH),
-            "latency_ms": check.optional_int("latency_ms", latency_ms, minimum=0, maximum=_MAX_LATENCY_MS),
-            "display_suppressed": check.require_bool("display_suppressed", display_suppressed),
-        }
-        return await self._finalize(conversation_id, fire_id, values)
+        outcome = FireSuccess(conversation_id, fire_id, status, output_text, latency_ms, display_suppressed)
+        return await self._finalize(conversation_id, fire_id, _success_values(outcome, "")[1])
 
     async def finalize_failed(
         self,
@@ -150,12 +161,51 @@ class WakeFireRepository:
         latency_ms: int | None = None,
     ) -> WakeFire:
         """Move a ``dispatching`` fire to ``failed`` with ``error``; harmless on a final fire."""
-        values = {
-            "status": "failed",
-            "error": check.require_text("error", error, max_length=_MAX_OUTPUT_LENGTH),
-            "latency_ms": check.optional_int("latency_ms", latency_ms, minimum=0, maximum=_MAX_LATENCY_MS),
-        }
-        return await self._finalize(conversation_id, fire_id, values)
+        outcome = FireFailure(conversation_id, fire_id, error, latency_ms)
+        return await self._finalize(conversation_id, fire_id, _failure_values(outcome, "")[1])
+
+    async def finalize_success_batch(self, outcomes: Sequence["FireSuccess"]) -> list[WakeFire]:
+        """Finalize many ``dispatching`` fires (any conversations) in one round trip.
+
+        Returns the fires this call finalized; fires that are unknown or
+        already final are left as they are and not returned. Every outcome
+        is validated before the single ``UPDATE ... FROM unnest`` runs.
+        """
+        rows = [_success_values(outcome, f"outcomes[{index}].") for index, outcome in enumerate(outcomes)]
+        return await self._finalize_batch(
+            rows,
+            {
+                "status": Text(),
+                "output_text": Text(),
+                "latency_ms": Integer(),
+                "display_suppressed": Boolean(),
+            },
+        )
+
+    async def finalize_failed_batch(self, outcomes: Sequence["FireFailure"]) -> list[WakeFire]:
+        """Mark many ``dispatching`` fires ``failed`` in one round trip, like
+        :meth:`finalize_success_batch`."""
+        rows = [_failure_values(outcome, f"outcomes[{index}].") for index, outcome in enumerate(outcomes)]
+        return await self._finalize_batch(rows, {"status": Text(), "error": Text(), "latency_ms": Integer()})
+
+    async def list_stale_dispatching(self, older_than: datetime, *, limit: int = 200) -> list[WakeFire]:
+        """Cross-partition: fires still ``dispatching`` that started before ``older_than``, oldest first.
+
+        Evidence of a process that died mid-dispatch, for a recovery job,
+        which then finalizes them (finalizing twice is harmless). Served by
+        the partial index ``idx_wake_fires_dispatching``.
+        """
+        statement = (
+            select(WakeFire)
+            .where(
+                WakeFire.status == "dispatching",
+                WakeFire.actual_fired_at < check.require_aware("older_than", older_than),
+            )
+            .order_by(WakeFire.actual_fired_at, WakeFire.fire_id)
+            .limit(check.require_limit(limit))
+            .execution_options(**spans_partitions("recovery: find fires left dispatching"))
+        )
+        return list(await self._session.scalars(statement))
 
     async def get(self, conversation_id: uuid.UUID, fire_id: uuid.UUID) -> WakeFire | None:
         """The fire, or ``None`` when this conversation has no such fire."""
@@ -255,3 +305,83 @@ class WakeFireRepository:
         if already_final is None:
             raise NotFoundError(f"fire {fire_id} not found in conversation {conversation_id}")
         return already_final
+
+    async def _finalize_batch(
+        self,
+        rows: list[tuple[tuple[uuid.UUID, uuid.UUID], dict[str, Any]]],
+        types: dict[str, TypeEngine[Any]],
+    ) -> list[WakeFire]:
+        if not rows:
+            return []
+        keys = [key for key, _ in rows]
+        if len(set(keys)) != len(keys):
+            raise InvalidInputError("outcomes", "names the same fire more than once")
+        conversation_ids = [conversation_id for conversation_id, _ in keys]
+        outcome = unnest_rows(
+            "outcome",
+            {
+                "conversation_id": (conversation_ids, UUID(as_uuid=True)),
+                "fire_id": ([fire_id for _, fire_id in keys], UUID(as_uuid=True)),
+                **{column: ([values[column] for _, values in rows], type_) for column, type_ in types.items()},
+            },
+        )
+        statement = (
+            update(WakeFire)
+            .where(
+                WakeFire.conversation_id == any_(literal(conversation_ids, ARRAY(UUID(as_uuid=True)))),
+                WakeFire.conversation_id == outcome.c.conversation_id,
+                WakeFire.fire_id == outcome.c.fire_id,
+                WakeFire.status == "dispatching",
+            )
+            .values({column: outcome.c[column] for column in types})
+            .returning(WakeFire)
+            .execution_options(synchronize_session=False, populate_existing=True)
+        )
+        with translate_database_errors():
+            return list(await self._session.scalars(statement))
+
+
+@dataclass(frozen=True)
+class FireSuccess:
+    """One outcome for :meth:`WakeFireRepository.finalize_success_batch`."""
+
+    conversation_id: uuid.UUID
+    fire_id: uuid.UUID
+    status: enums.FireStatus
+    output_text: str | None = None
+    latency_ms: int | None = None
+    display_suppressed: bool = False
+
+
+@dataclass(frozen=True)
+class FireFailure:
+    """One outcome for :meth:`WakeFireRepository.finalize_failed_batch`."""
+
+    conversation_id: uuid.UUID
+    fire_id: uuid.UUID
+    error: str
+    latency_ms: int | None = None
+
+
+def _fire_key(outcome: FireSuccess | FireFailure, prefix: str) -> _FireKey:
+    return (
+        check.require_uuid(f"{prefix}conversation_id", outcome.conversation_id),
+        check.require_uuid(f"{prefix}fire_id", outcome.fire_id),
+    )
+
+
+def _success_values(outcome: FireSuccess, prefix: str) -> tuple[_FireKey, dict[str, Any]]:
+    return _fire_key(outcome, prefix), {
+        "status": check.require_choice(f"{prefix}status", outcome.status, enums.FINAL_FIRE_STATUSES),
+        "output_text": check.optional_text(f"{prefix}output_text", outcome.output_text, max_length=_MAX_OUTPUT_LENGTH),
+        "latency_ms": check.optional_int(f"{prefix}latency_ms", outcome.latency_ms, minimum=0, maximum=_MAX_LATENCY_MS),
+        "display_suppressed": check.require_bool(f"{prefix}display_suppressed", outcome.display_suppressed),
+    }
+
+
+def _failure_values(outcome: FireFailure, prefix: str) -> tuple[_FireKey, dict[str, Any]]:
+    return _fire_key(outcome, prefix), {
+        "status": "failed",
+        "error": check.require_text(f"{prefix}error", outcome.error, max_length=_MAX_OUTPUT_LENGTH),
+        "latency_ms": check.optional_int(f"{prefix}latency_ms", outcome.latency_ms, minimum=0, maximum=_MAX_LATENCY_MS),
+    }

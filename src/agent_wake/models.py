@@ -64,9 +64,7 @@ class Base(DeclarativeBase):
         # Only the primary key: a repr must never show a column such as
         # secret_ciphertext, whatever a subclass adds later.
         state = inspect(self)
-        key = ", ".join(
-            f"{column.name}={getattr(self, column.name, None)!r}" for column in state.mapper.primary_key
-        )
+        key = ", ".join(f"{column.name}={getattr(self, column.name, None)!r}" for column in state.mapper.primary_key)
         return f"{type(self).__name__}({key})"
 
 
@@ -161,9 +159,7 @@ class WakeSchedule(Base):
     next_fire_at: Mapped[datetime | None]
     last_fired_at: Mapped[datetime | None]
     name: Mapped[str | None]
-    missed_fire_policy: Mapped[enums.MissedFirePolicy] = mapped_column(
-        Text, server_default=text("'coalesce'")
-    )
+    missed_fire_policy: Mapped[enums.MissedFirePolicy] = mapped_column(Text, server_default=text("'coalesce'"))
     context_from_schedule_id: Mapped[uuid.UUID | None]
     include_conversation_history: Mapped[bool] = mapped_column(server_default=text("true"))
     date_created: Mapped[datetime] = _now_column()
@@ -280,3 +276,17 @@ Index(
     postgresql_where=text("webhook_subscription_id IS NOT NULL"),
 )
 Index("idx_wake_fires_conv_time", WakeFire.conversation_id, WakeFire.actual_fired_at.desc())
+# Added by step 7: one fire per schedule period, and the recovery job's scan.
+Index(
+    "idx_wake_fires_schedule_period",
+    WakeFire.conversation_id,
+    WakeFire.schedule_id,
+    WakeFire.scheduled_fire_at,
+    unique=True,
+    postgresql_where=text("schedule_id IS NOT NULL"),
+)
+Index(
+    "idx_wake_fires_dispatching",
+    WakeFire.actual_fired_at,
+    postgresql_where=text("status = 'dispatching'"),
+)

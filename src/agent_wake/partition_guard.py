@@ -335,11 +335,7 @@ def _pinned_qualifiers(where: Any) -> set[str | None]:
             elif conjunct.kind == A_Expr_Kind.AEXPR_IN and column is conjunct.lexpr:
                 if isinstance(other, tuple | list) and all(_is_value(item) for item in other):
                     pinned.add(qualifier)
-            elif (
-                conjunct.kind == A_Expr_Kind.AEXPR_OP_ANY
-                and column is conjunct.lexpr
-                and _is_array_value(other)
-            ):
+            elif conjunct.kind == A_Expr_Kind.AEXPR_OP_ANY and column is conjunct.lexpr and _is_array_value(other):
                 pinned.add(qualifier)
     return pinned
 

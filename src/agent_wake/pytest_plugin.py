@@ -36,6 +36,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import pool, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 from agent_wake.alembic_env import alembic_config
@@ -61,6 +62,7 @@ __all__ = [
 TEST_DATABASE_URL_VARIABLE = "AGENT_WAKE_TEST_DATABASE_URL"
 ALEMBIC_INI_OPTION = "agent_wake_alembic_ini"
 POSTGRES_IMAGE = "postgres:16-alpine"
+_TEARDOWN_LOCK_TIMEOUT_SECONDS = 10
 _DATABASE_FIXTURES = frozenset(
     {"wake_server", "wake_database_url", "wake_migrate", "wake_session", "wake_engine", "wake_factory"}
 )
@@ -226,7 +228,8 @@ def wake_migrate(pytestconfig: pytest.Config) -> Callable[[str], None]:
 
         def migrate_with_own_environment(url: str) -> None:
             config = Config(str(ini_path))
-            config.set_main_option("sqlalchemy.url", url)
+            # ConfigParser reads % as interpolation; a socket path in the URL is percent-encoded.
+            config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
             config.attributes["url"] = url
             _run_in_fresh_loop(asyncio.to_thread(command.upgrade, config, "heads"))
 
@@ -251,9 +254,7 @@ def wake_database_url(
         wake_migrate(url)
         yield url
     finally:
-        _run_in_fresh_loop(
-            _execute_autocommit(wake_server.url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        )
+        _run_in_fresh_loop(_execute_autocommit(wake_server.url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def _guarded_engine(url: str) -> AsyncEngine:
@@ -270,9 +271,7 @@ async def wake_session(wake_database_url: str) -> AsyncIterator[AsyncSession]:
     try:
         async with engine.connect() as connection:
             transaction = await connection.begin()
-            session = AsyncSession(
-                bind=connection, expire_on_commit=False, join_transaction_mode="create_savepoint"
-            )
+            session = AsyncSession(bind=connection, expire_on_commit=False, join_transaction_mode="create_savepoint")
             try:
                 yield session
             finally:
@@ -289,8 +288,18 @@ async def wake_engine(wake_database_url: str) -> AsyncIterator[AsyncEngine]:
     try:
         yield engine
         async with engine.begin() as connection:
+            # A transaction the test left open (a wake_session in the same
+            # test, a connection never closed) would block TRUNCATE forever.
+            await connection.execute(text(f"SET LOCAL lock_timeout = '{_TEARDOWN_LOCK_TIMEOUT_SECONDS}s'"))
             with spans_partitions("test teardown: empty the wake tables"):
-                await connection.execute(text(f"TRUNCATE {', '.join(sorted(GUARDED_TABLES))}"))
+                try:
+                    await connection.execute(text(f"TRUNCATE {', '.join(sorted(GUARDED_TABLES))}"))
+                except DBAPIError as exc:
+                    raise AgentWakeError(
+                        f"wake_engine could not empty the wake tables within {_TEARDOWN_LOCK_TIMEOUT_SECONDS} s: "
+                        "another connection still holds locks on them. Do not use wake_session and "
+                        "wake_engine in the same test, and close the connections the test opens."
+                    ) from exc
     finally:
         await engine.dispose()
 

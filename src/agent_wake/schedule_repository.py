@@ -2,26 +2,42 @@
 
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
 import uuid_utils.compat as uuid_utils
-from sqlalchemy import ColumnElement, delete, func, select, update
+from sqlalchemy import ColumnElement, DateTime, Text, any_, delete, func, insert, literal, select, update
+from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agent_wake import _validation as check
 from agent_wake import enums
+from agent_wake._batch import unnest_rows
 from agent_wake.errors import (
     ConflictError,
     InvalidInputError,
     NotFoundError,
     translate_database_errors,
 )
-from agent_wake.models import WakeSchedule
+from agent_wake.models import WakeFire, WakeSchedule
 from agent_wake.partition_guard import spans_partitions
 from agent_wake.schedule_configs import validate_schedule_config
 
-__all__ = ["WakeScheduleRepository"]
+__all__ = ["ClaimedFire", "NextFire", "WakeScheduleRepository"]
+
+# The caller's schedule arithmetic: the instant after the claimed period, or
+# None when the schedule is finished (a one-shot).
+NextFire = Callable[[WakeSchedule, datetime], datetime | None]
+
+
+@dataclass(frozen=True)
+class ClaimedFire:
+    """One schedule claimed by :meth:`WakeScheduleRepository.claim_due` and its new fire."""
+
+    schedule: WakeSchedule
+    fire: WakeFire
+
 
 _MAX_PROMPT_LENGTH: Final = 100_000
 _MAX_NAME_LENGTH: Final = 500
@@ -87,9 +103,7 @@ class WakeScheduleRepository:
         conversation (one extra SELECT when given). One INSERT otherwise.
         """
         conversation_id = check.require_uuid("conversation_id", conversation_id)
-        schedule_id = (
-            uuid_utils.uuid7() if schedule_id is None else check.require_uuid("schedule_id", schedule_id)
-        )
+        schedule_id = uuid_utils.uuid7() if schedule_id is None else check.require_uuid("schedule_id", schedule_id)
         status = check.require_choice("status", status, _CREATABLE_STATUSES)
         next_fire_at = check.optional_aware("next_fire_at", next_fire_at)
         if status != "active" and next_fire_at is not None:
@@ -110,17 +124,13 @@ class WakeScheduleRepository:
             missed_fire_policy=check.require_choice(
                 "missed_fire_policy", missed_fire_policy, enums.MISSED_FIRE_POLICIES
             ),
-            context_from_schedule_id=check.optional_uuid(
-                "context_from_schedule_id", context_from_schedule_id
-            ),
+            context_from_schedule_id=check.optional_uuid("context_from_schedule_id", context_from_schedule_id),
             include_conversation_history=check.require_bool(
                 "include_conversation_history", include_conversation_history
             ),
         )
         if schedule.context_from_schedule_id is not None:
-            await self._require_context_source(
-                conversation_id, schedule_id, schedule.context_from_schedule_id
-            )
+            await self._require_context_source(conversation_id, schedule_id, schedule.context_from_schedule_id)
         self._session.add(schedule)
         with translate_database_errors():
             await self._session.flush()
@@ -136,9 +146,7 @@ class WakeScheduleRepository:
         )
         return (await self._session.scalars(statement)).one_or_none()
 
-    async def list_for_conversation(
-        self, conversation_id: uuid.UUID, *, limit: int = 200
-    ) -> list[WakeSchedule]:
+    async def list_for_conversation(self, conversation_id: uuid.UUID, *, limit: int = 200) -> list[WakeSchedule]:
         """The conversation's schedules in every status, newest first."""
         statement = (
             select(WakeSchedule)
@@ -148,9 +156,7 @@ class WakeScheduleRepository:
         )
         return list(await self._session.scalars(statement))
 
-    async def list_active_for_conversation(
-        self, conversation_id: uuid.UUID, *, limit: int = 200
-    ) -> list[WakeSchedule]:
+    async def list_active_for_conversation(self, conversation_id: uuid.UUID, *, limit: int = 200) -> list[WakeSchedule]:
         """The conversation's active schedules, soonest ``next_fire_at`` first, unset last."""
         statement = (
             select(WakeSchedule)
@@ -175,9 +181,7 @@ class WakeScheduleRepository:
         )
         return int((await self._session.execute(statement)).scalar_one())
 
-    async def update(
-        self, conversation_id: uuid.UUID, schedule_id: uuid.UUID, /, **changes: Any
-    ) -> WakeSchedule:
+    async def update(self, conversation_id: uuid.UUID, schedule_id: uuid.UUID, /, **changes: Any) -> WakeSchedule:
         """Change the named fields and return the schedule.
 
         Status changes go through :meth:`pause`, :meth:`resume` and
@@ -324,6 +328,100 @@ class WakeScheduleRepository:
         )
         return list(await self._session.scalars(statement))
 
+    async def claim_due(self, now: datetime, *, limit: int, next_fire: NextFire) -> list[ClaimedFire]:
+        """Cross-partition: claim up to ``limit`` due schedules for this tick, in the caller's transaction.
+
+        Takes the active schedules due at ``now`` (any conversation, oldest
+        ``next_fire_at`` first) with ``FOR UPDATE SKIP LOCKED``, so
+        concurrent ticks never take the same one. For each, writes one
+        ``dispatching`` fire whose ``scheduled_fire_at`` is the claimed
+        period, stamps ``last_fired_at = now`` and sets ``next_fire_at`` to
+        ``next_fire(schedule, now)``; ``None`` marks the schedule expired.
+        ``next_fire`` must return an aware instant after the claimed period
+        (the next missed one for ``catch_up``, the first after ``now`` for
+        ``coalesce``); every value is checked before anything is written.
+
+        Costs three round trips whatever the batch size: the locking SELECT,
+        one multi-row INSERT of the fires and one ``UPDATE ... FROM unnest``.
+        The locks are held until the caller commits; if the caller's process
+        dies first, PostgreSQL releases them and nothing was claimed.
+        """
+        now = check.require_aware("now", now)
+        limit = check.require_limit(limit)
+        if not callable(next_fire):
+            raise InvalidInputError("next_fire", "must be a function (schedule, now) -> datetime | None")
+        locking = (
+            select(WakeSchedule)
+            .where(WakeSchedule.status == "active", WakeSchedule.next_fire_at <= now)
+            .order_by(WakeSchedule.next_fire_at, WakeSchedule.schedule_id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .execution_options(populate_existing=True, **spans_partitions("tick: claim due schedules"))
+        )
+        due = list(await self._session.scalars(locking))
+        if not due:
+            return []
+        periods = [schedule.next_fire_at for schedule in due]
+        following = [self._next_after(schedule, now, next_fire) for schedule in due]
+
+        fire_rows = [
+            {
+                "conversation_id": schedule.conversation_id,
+                "fire_id": uuid_utils.uuid7(),
+                "schedule_id": schedule.schedule_id,
+                "scheduled_fire_at": period,
+                "actual_fired_at": now,
+                "status": "dispatching",
+            }
+            for schedule, period in zip(due, periods, strict=True)
+        ]
+        conversation_ids = [schedule.conversation_id for schedule in due]
+        claimed = unnest_rows(
+            "claimed",
+            {
+                "conversation_id": (conversation_ids, UUID(as_uuid=True)),
+                "schedule_id": ([schedule.schedule_id for schedule in due], UUID(as_uuid=True)),
+                "next_fire_at": (following, DateTime(timezone=True)),
+                "status": (["active" if when is not None else "expired" for when in following], Text()),
+            },
+        )
+        rescheduling = (
+            update(WakeSchedule)
+            .where(
+                WakeSchedule.conversation_id == any_(literal(conversation_ids, ARRAY(UUID(as_uuid=True)))),
+                WakeSchedule.conversation_id == claimed.c.conversation_id,
+                WakeSchedule.schedule_id == claimed.c.schedule_id,
+            )
+            .values(next_fire_at=claimed.c.next_fire_at, status=claimed.c.status, last_fired_at=now)
+            .returning(WakeSchedule)
+            .execution_options(synchronize_session=False, populate_existing=True)
+        )
+        with translate_database_errors():
+            fires = list(
+                await self._session.scalars(
+                    insert(WakeFire).returning(WakeFire, sort_by_parameter_order=True), fire_rows
+                )
+            )
+            rescheduled = {row.schedule_id: row for row in await self._session.scalars(rescheduling)}
+        return [
+            ClaimedFire(schedule=rescheduled[schedule.schedule_id], fire=fire)
+            for schedule, fire in zip(due, fires, strict=True)
+        ]
+
+    @staticmethod
+    def _next_after(schedule: WakeSchedule, now: datetime, next_fire: NextFire) -> datetime | None:
+        following = next_fire(schedule, now)
+        if following is None:
+            return None
+        following = check.require_aware("next_fire", following)
+        if schedule.next_fire_at is not None and following <= schedule.next_fire_at:
+            raise InvalidInputError(
+                "next_fire",
+                f"returned {following.isoformat()} for schedule {schedule.schedule_id}, "
+                f"not after the claimed period {schedule.next_fire_at.isoformat()}",
+            )
+        return following
+
     async def _require_context_source(
         self, conversation_id: uuid.UUID, schedule_id: uuid.UUID, source_id: uuid.UUID
     ) -> None:
@@ -343,9 +441,7 @@ class WakeScheduleRepository:
             "execution_mode": lambda v: check.require_choice("execution_mode", v, enums.EXECUTION_MODES),
             "next_fire_at": lambda v: check.optional_aware("next_fire_at", v),
             "name": lambda v: check.optional_text("name", v, max_length=_MAX_NAME_LENGTH),
-            "missed_fire_policy": lambda v: check.require_choice(
-                "missed_fire_policy", v, enums.MISSED_FIRE_POLICIES
-            ),
+            "missed_fire_policy": lambda v: check.require_choice("missed_fire_policy", v, enums.MISSED_FIRE_POLICIES),
             "context_from_schedule_id": lambda v: check.optional_uuid("context_from_schedule_id", v),
             "include_conversation_history": lambda v: check.require_bool("include_conversation_history", v),
         }
@@ -355,9 +451,7 @@ class WakeScheduleRepository:
         if "schedule_type" in changes or "schedule_config" in changes:
             values.update(await self._validated_type_change(conversation_id, schedule_id, changes))
         if values.get("context_from_schedule_id") is not None:
-            await self._require_context_source(
-                conversation_id, schedule_id, values["context_from_schedule_id"]
-            )
+            await self._require_context_source(conversation_id, schedule_id, values["context_from_schedule_id"])
         return values
 
     async def _validated_type_change(
@@ -391,9 +485,7 @@ class WakeScheduleRepository:
         if extra_where is not None:
             statement = statement.where(extra_where)
         with translate_database_errors():
-            updated = (
-                await self._session.scalars(statement.values(**values).returning(WakeSchedule))
-            ).one_or_none()
+            updated = (await self._session.scalars(statement.values(**values).returning(WakeSchedule))).one_or_none()
         if updated is not None:
             return updated
         current = await self.get(conversation_id, schedule_id)

@@ -37,9 +37,7 @@ class SecretBox:
                 fernets.append(Fernet(key))
             except (ValueError, TypeError):
                 # The message names the position only: the key itself is secret.
-                raise InvalidInputError(
-                    f"keys[{position}]", "must be a 32-byte url-safe base64 Fernet key"
-                ) from None
+                raise InvalidInputError(f"keys[{position}]", "must be a 32-byte url-safe base64 Fernet key") from None
         return cls(fernets)
 
     @staticmethod
@@ -61,9 +59,7 @@ class SecretBox:
         try:
             return self._fernet.decrypt(ciphertext).decode("utf-8")
         except InvalidToken:
-            raise SecretDecryptionError(
-                "the stored secret cannot be decrypted with any configured key"
-            ) from None
+            raise SecretDecryptionError("the stored secret cannot be decrypted with any configured key") from None
 
     def __repr__(self) -> str:
         return f"SecretBox(keys={self._key_count})"

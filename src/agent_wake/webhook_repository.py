@@ -111,15 +111,11 @@ class WebhookSubscriptionRepository:
         )
         return (await self._session.scalars(statement)).one_or_none()
 
-    async def list_for_conversation(
-        self, conversation_id: uuid.UUID, *, limit: int = 200
-    ) -> list[WebhookSubscription]:
+    async def list_for_conversation(self, conversation_id: uuid.UUID, *, limit: int = 200) -> list[WebhookSubscription]:
         """The conversation's subscriptions, newest first."""
         statement = (
             select(WebhookSubscription)
-            .where(
-                WebhookSubscription.conversation_id == check.require_uuid("conversation_id", conversation_id)
-            )
+            .where(WebhookSubscription.conversation_id == check.require_uuid("conversation_id", conversation_id))
             .order_by(WebhookSubscription.date_created.desc(), WebhookSubscription.subscription_id.desc())
             .limit(check.require_limit(limit))
         )
@@ -144,9 +140,7 @@ class WebhookSubscriptionRepository:
 
         Without ``new_secret`` a strong one (256 random bits) is generated.
         """
-        secret = (
-            SecretBox.generate_secret() if new_secret is None else _require_secret("new_secret", new_secret)
-        )
+        secret = SecretBox.generate_secret() if new_secret is None else _require_secret("new_secret", new_secret)
         await self._update_one(
             conversation_id,
             subscription_id,
@@ -157,15 +151,11 @@ class WebhookSubscriptionRepository:
 
     async def pause(self, conversation_id: uuid.UUID, subscription_id: uuid.UUID) -> WebhookSubscription:
         """Stop accepting fires; pausing a paused subscription changes nothing."""
-        return await self._update_one(
-            conversation_id, subscription_id, {"status": "paused"}, only_if_status=None
-        )
+        return await self._update_one(conversation_id, subscription_id, {"status": "paused"}, only_if_status=None)
 
     async def resume(self, conversation_id: uuid.UUID, subscription_id: uuid.UUID) -> WebhookSubscription:
         """Accept fires again; resuming an active subscription changes nothing."""
-        return await self._update_one(
-            conversation_id, subscription_id, {"status": "active"}, only_if_status=None
-        )
+        return await self._update_one(conversation_id, subscription_id, {"status": "active"}, only_if_status=None)
 
     async def record_fire(
         self, conversation_id: uuid.UUID, subscription_id: uuid.UUID, *, fired_at: datetime
@@ -202,18 +192,14 @@ class WebhookSubscriptionRepository:
         """
         statement = (
             select(WebhookSubscription)
-            .where(
-                WebhookSubscription.subscription_id == check.require_uuid("subscription_id", subscription_id)
-            )
+            .where(WebhookSubscription.subscription_id == check.require_uuid("subscription_id", subscription_id))
             .execution_options(**spans_partitions("webhook receiver: look up a subscription by id"))
         )
         return (await self._session.scalars(statement)).one_or_none()
 
     @staticmethod
     def _not_found(conversation_id: uuid.UUID, subscription_id: uuid.UUID) -> NotFoundError:
-        return NotFoundError(
-            f"webhook subscription {subscription_id} not found in conversation {conversation_id}"
-        )
+        return NotFoundError(f"webhook subscription {subscription_id} not found in conversation {conversation_id}")
 
     async def _update_one(
         self,

@@ -19,9 +19,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.drop_constraint(
-        "webhook_subscriptions_verification_scheme_check", "webhook_subscriptions", type_="check"
-    )
+    op.drop_constraint("webhook_subscriptions_verification_scheme_check", "webhook_subscriptions", type_="check")
     op.create_check_constraint(
         "webhook_subscriptions_verification_scheme_check",
         "webhook_subscriptions",
@@ -30,9 +28,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_constraint(
-        "webhook_subscriptions_verification_scheme_check", "webhook_subscriptions", type_="check"
-    )
+    op.drop_constraint("webhook_subscriptions_verification_scheme_check", "webhook_subscriptions", type_="check")
     op.create_check_constraint(
         "webhook_subscriptions_verification_scheme_check",
         "webhook_subscriptions",

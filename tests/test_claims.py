@@ -1,0 +1,340 @@
+"""claim_due, one fire per period, crash recovery and batch finalization."""
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import event, insert, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from agent_wake import (
+    ConflictError,
+    FireFailure,
+    FireSuccess,
+    InvalidInputError,
+    WakeFireRepository,
+    WakeSchedule,
+    WakeScheduleRepository,
+)
+from agent_wake.factories import WakeFactory
+from tests.clock import NOW, in_minutes
+
+HOUR = timedelta(hours=1)
+
+
+def hourly_catch_up(schedule: WakeSchedule, now: datetime) -> datetime | None:
+    """The next missed period: one hour after the claimed one."""
+    assert schedule.next_fire_at is not None
+    return schedule.next_fire_at + HOUR
+
+
+def hourly_coalesce(schedule: WakeSchedule, now: datetime) -> datetime | None:
+    """The first whole hour after now, skipping missed periods."""
+    return now.replace(minute=0, second=0, microsecond=0) + HOUR
+
+
+def one_shot(schedule: WakeSchedule, now: datetime) -> datetime | None:
+    return None
+
+
+@contextmanager
+def statements_sent(engine: AsyncEngine) -> Iterator[list[str]]:
+    sent: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        sent.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+
+
+async def count_fires(session: AsyncSession, schedule: WakeSchedule) -> int:
+    result = await session.execute(
+        text("SELECT count(*) FROM wake_fires WHERE conversation_id = :c AND schedule_id = :s"),
+        {"c": schedule.conversation_id, "s": schedule.schedule_id},
+    )
+    return int(result.scalar_one())
+
+
+async def test_claim_due_writes_a_fire_per_schedule_and_reschedules(
+    wake_factory: WakeFactory, wake_session: AsyncSession
+) -> None:
+    first = await wake_factory.schedule(next_fire_at=NOW - 2 * HOUR)
+    second = await wake_factory.schedule(next_fire_at=NOW - HOUR)
+    await wake_factory.schedule(next_fire_at=NOW + HOUR)  # not due
+    paused = await wake_factory.schedule(next_fire_at=NOW - HOUR)
+    await WakeScheduleRepository(wake_session).pause(paused.conversation_id, paused.schedule_id)
+
+    claims = await WakeScheduleRepository(wake_session).claim_due(NOW, limit=10, next_fire=hourly_coalesce)
+
+    assert [claim.schedule.schedule_id for claim in claims] == [first.schedule_id, second.schedule_id]
+    for claim, period in zip(claims, [NOW - 2 * HOUR, NOW - HOUR], strict=True):
+        assert claim.fire.status == "dispatching"
+        assert claim.fire.scheduled_fire_at == period
+        assert claim.fire.actual_fired_at == NOW
+        assert (claim.fire.conversation_id, claim.fire.schedule_id) == (
+            claim.schedule.conversation_id,
+            claim.schedule.schedule_id,
+        )
+        assert claim.schedule.next_fire_at == NOW + HOUR
+        assert claim.schedule.last_fired_at == NOW
+        assert claim.schedule.status == "active"
+    assert await WakeScheduleRepository(wake_session).claim_due(NOW, limit=10, next_fire=hourly_coalesce) == []
+
+
+async def test_claim_due_takes_the_oldest_first_up_to_the_limit(
+    wake_factory: WakeFactory, wake_session: AsyncSession
+) -> None:
+    schedules = [await wake_factory.schedule(next_fire_at=NOW - minutes * HOUR) for minutes in (1, 3, 2)]
+    claims = await WakeScheduleRepository(wake_session).claim_due(NOW, limit=2, next_fire=hourly_coalesce)
+    assert [claim.schedule.schedule_id for claim in claims] == [
+        schedules[1].schedule_id,
+        schedules[2].schedule_id,
+    ]
+
+
+async def test_a_finished_one_shot_is_expired(wake_factory: WakeFactory, wake_session: AsyncSession) -> None:
+    schedule = await wake_factory.schedule(
+        schedule_type="one_shot_at", schedule_config={"fire_at_iso": NOW.isoformat()}, next_fire_at=NOW
+    )
+    (claim,) = await WakeScheduleRepository(wake_session).claim_due(NOW, limit=10, next_fire=one_shot)
+    assert claim.schedule.schedule_id == schedule.schedule_id
+    assert (claim.schedule.status, claim.schedule.next_fire_at) == ("expired", None)
+
+
+async def test_catch_up_claims_each_missed_period_in_turn(
+    wake_factory: WakeFactory, wake_session: AsyncSession
+) -> None:
+    schedule = await wake_factory.schedule(next_fire_at=NOW - 2 * HOUR, missed_fire_policy="catch_up")
+    repo = WakeScheduleRepository(wake_session)
+    periods = []
+    while claims := await repo.claim_due(NOW, limit=10, next_fire=hourly_catch_up):
+        periods.extend(claim.fire.scheduled_fire_at for claim in claims)
+    assert periods == [NOW - 2 * HOUR, NOW - HOUR, NOW]
+    assert await count_fires(wake_session, schedule) == 3
+
+
+async def test_coalesce_claims_missed_periods_once(wake_factory: WakeFactory, wake_session: AsyncSession) -> None:
+    schedule = await wake_factory.schedule(next_fire_at=NOW - 5 * HOUR)
+    repo = WakeScheduleRepository(wake_session)
+    assert len(await repo.claim_due(NOW, limit=10, next_fire=hourly_coalesce)) == 1
+    assert await repo.claim_due(NOW, limit=10, next_fire=hourly_coalesce) == []
+    assert await count_fires(wake_session, schedule) == 1
+
+
+@pytest.mark.parametrize(
+    ("bad_next_fire", "rule"),
+    [
+        (lambda schedule, now: schedule.next_fire_at, "not after the claimed period"),
+        (lambda schedule, now: datetime(2030, 1, 1), "timezone-aware"),
+        (lambda schedule, now: "tomorrow", "must be a datetime"),
+    ],
+    ids=["same period", "naive", "not a datetime"],
+)
+async def test_a_bad_next_fire_is_refused_and_nothing_is_written(
+    wake_factory: WakeFactory, wake_session: AsyncSession, bad_next_fire: Any, rule: str
+) -> None:
+    good = await wake_factory.schedule(next_fire_at=NOW - 2 * HOUR)
+    await wake_factory.schedule(next_fire_at=NOW - HOUR)
+    with pytest.raises(InvalidInputError, match=rule) as caught:
+        await WakeScheduleRepository(wake_session).claim_due(NOW, limit=10, next_fire=bad_next_fire)
+    assert caught.value.field == "next_fire"
+    assert await count_fires(wake_session, good) == 0
+    stored = await WakeScheduleRepository(wake_session).get(good.conversation_id, good.schedule_id)
+    assert stored is not None
+    assert (stored.next_fire_at, stored.last_fired_at) == (NOW - 2 * HOUR, None)
+
+
+async def test_claim_due_refuses_bad_arguments(wake_session: AsyncSession) -> None:
+    repo = WakeScheduleRepository(wake_session)
+    with pytest.raises(InvalidInputError) as caught:
+        await repo.claim_due(datetime(2026, 1, 1), limit=10, next_fire=hourly_coalesce)
+    assert caught.value.field == "now"
+    with pytest.raises(InvalidInputError) as caught:
+        await repo.claim_due(NOW, limit=0, next_fire=hourly_coalesce)
+    assert caught.value.field == "limit"
+    with pytest.raises(InvalidInputError) as caught:
+        await repo.claim_due(NOW, limit=10, next_fire=None)  # type: ignore[arg-type]
+    assert caught.value.field == "next_fire"
+
+
+async def test_a_batch_costs_three_statements_whatever_its_size(wake_engine: AsyncEngine, wake_secrets: Any) -> None:
+    async with AsyncSession(wake_engine) as session, session.begin():
+        factory = WakeFactory(session, wake_secrets)
+        for minutes in range(60):
+            await factory.schedule(next_fire_at=NOW - timedelta(minutes=minutes + 1))
+    async with AsyncSession(wake_engine) as session, session.begin():
+        with statements_sent(wake_engine) as sent:
+            claims = await WakeScheduleRepository(session).claim_due(NOW, limit=50, next_fire=hourly_coalesce)
+    assert len(claims) == 50
+    assert len(sent) == 3, sent
+    locking, inserting, rescheduling = sent
+    assert "FOR UPDATE SKIP LOCKED" in locking
+    assert inserting.startswith("INSERT INTO wake_fires (conversation_id, fire_id, schedule_id, scheduled_fire_at")
+    assert rescheduling.startswith("UPDATE agent_wake_schedules SET ")
+    assert "FROM unnest(" in rescheduling
+    assert "agent_wake_schedules.conversation_id = ANY (" in rescheduling
+
+
+async def test_a_second_fire_for_the_same_period_is_a_conflict(
+    wake_factory: WakeFactory, wake_session: AsyncSession
+) -> None:
+    schedule = await wake_factory.schedule()
+    fires = WakeFireRepository(wake_session)
+    await fires.create_dispatching(
+        conversation_id=schedule.conversation_id, schedule_id=schedule.schedule_id, scheduled_fire_at=NOW
+    )
+    with pytest.raises(ConflictError, match="idx_wake_fires_schedule_period"):
+        await fires.create_dispatching(
+            conversation_id=schedule.conversation_id, schedule_id=schedule.schedule_id, scheduled_fire_at=NOW
+        )
+
+
+async def test_list_stale_dispatching_finds_fires_left_in_flight(
+    wake_factory: WakeFactory, wake_session: AsyncSession
+) -> None:
+    fires = WakeFireRepository(wake_session)
+    old = await wake_factory.fire(actual_fired_at=in_minutes(-30))
+    older = await wake_factory.fire(actual_fired_at=in_minutes(-60))
+    await wake_factory.fire(actual_fired_at=in_minutes(-90), status="fired")
+    await wake_factory.fire(actual_fired_at=in_minutes(-1))
+    stale = await fires.list_stale_dispatching(in_minutes(-10), limit=10)
+    assert [fire.fire_id for fire in stale] == [older.fire_id, old.fire_id]
+    assert [fire.fire_id for fire in await fires.list_stale_dispatching(in_minutes(-10), limit=1)] == [older.fire_id]
+    recovered = await fires.finalize_failed(older.conversation_id, older.fire_id, error="worker died")
+    assert recovered.status == "failed"
+    again = await fires.finalize_failed(older.conversation_id, older.fire_id, error="worker died")
+    assert again.error == "worker died"
+
+
+async def test_batch_finalization_in_one_statement(wake_factory: WakeFactory, wake_session: AsyncSession) -> None:
+    in_flight = [await wake_factory.fire() for _ in range(3)]
+    already_final = await wake_factory.fire(status="fired")
+    fires = WakeFireRepository(wake_session)
+    connection = await wake_session.connection()
+    outcomes = [
+        FireSuccess(in_flight[0].conversation_id, in_flight[0].fire_id, "fired", "done", 120, False),
+        FireSuccess(in_flight[1].conversation_id, in_flight[1].fire_id, "fired_silent", "[SILENT]", 80, True),
+        FireSuccess(already_final.conversation_id, already_final.fire_id, "skipped_busy"),
+        FireSuccess(uuid.uuid4(), uuid.uuid4(), "fired"),
+    ]
+    sent: list[str] = []
+    event.listen(connection.sync_connection, "before_cursor_execute", lambda *args: sent.append(args[2]))
+    finalized = await fires.finalize_success_batch(outcomes)
+    assert len(sent) == 1
+    assert {fire.fire_id: fire.status for fire in finalized} == {
+        in_flight[0].fire_id: "fired",
+        in_flight[1].fire_id: "fired_silent",
+    }
+    assert finalized[0].output_text in {"done", "[SILENT]"}
+    failed = await fires.finalize_failed_batch(
+        [FireFailure(in_flight[2].conversation_id, in_flight[2].fire_id, "timeout", 30_000)]
+    )
+    assert [(fire.status, fire.error, fire.latency_ms) for fire in failed] == [("failed", "timeout", 30_000)]
+    stored = await fires.get(already_final.conversation_id, already_final.fire_id)
+    assert stored is not None
+    assert stored.status == "fired"
+
+
+async def test_batch_finalization_refuses_bad_outcomes_naming_them(wake_session: AsyncSession) -> None:
+    fires = WakeFireRepository(wake_session)
+    fire_id, conversation_id = uuid.uuid4(), uuid.uuid4()
+    with pytest.raises(InvalidInputError) as caught:
+        await fires.finalize_success_batch(
+            [
+                FireSuccess(conversation_id, fire_id, "fired"),
+                FireSuccess(conversation_id, uuid.uuid4(), "failed"),
+            ]
+        )
+    assert caught.value.field == "outcomes[1].status"
+    with pytest.raises(InvalidInputError) as caught:
+        await fires.finalize_failed_batch([FireFailure(conversation_id, fire_id, "x")] * 2)
+    assert caught.value.field == "outcomes"
+    assert await fires.finalize_success_batch([]) == []
+
+
+async def seed_due_schedules(engine: AsyncEngine, count: int, conversations: int) -> None:
+    conversation_ids = [uuid.uuid4() for _ in range(conversations)]
+    rows = [
+        {
+            "conversation_id": conversation_ids[index % conversations],
+            "schedule_id": uuid.uuid4(),
+            "user_id": uuid.uuid4(),
+            "agent_id": uuid.uuid4(),
+            "schedule_type": "interval",
+            "schedule_config": {"seconds": 3600},
+            "next_fire_at": NOW - timedelta(seconds=index),
+        }
+        for index in range(count)
+    ]
+    async with AsyncSession(engine) as session, session.begin():
+        await session.execute(insert(WakeSchedule), rows)
+
+
+async def test_eight_workers_claim_every_due_period_exactly_once(wake_engine: AsyncEngine) -> None:
+    await seed_due_schedules(wake_engine, count=5_000, conversations=500)
+    sessions = async_sessionmaker(wake_engine, expire_on_commit=False)
+
+    async def worker() -> list[uuid.UUID]:
+        claimed: list[uuid.UUID] = []
+        while True:
+            async with sessions.begin() as session:
+                claims = await WakeScheduleRepository(session).claim_due(NOW, limit=100, next_fire=hourly_coalesce)
+            if not claims:
+                return claimed
+            claimed.extend(claim.schedule.schedule_id for claim in claims)
+
+    per_worker = await asyncio.gather(*(worker() for _ in range(8)))
+    claimed = [schedule_id for batch in per_worker for schedule_id in batch]
+    assert len(claimed) == 5_000
+    assert len(set(claimed)) == 5_000
+    assert sum(1 for batch in per_worker if batch) > 1, "the workers did not share the work"
+    async with wake_engine.connect() as connection:
+        from agent_wake import spans_partitions
+
+        with spans_partitions("test: check every schedule and fire"):
+            fires = await connection.execute(
+                text(
+                    "SELECT count(*), count(DISTINCT schedule_id), count(*) FILTER (WHERE status <> 'dispatching') "
+                    "FROM wake_fires"
+                )
+            )
+            left_due = await connection.execute(
+                text("SELECT count(*) FROM agent_wake_schedules WHERE status = 'active' AND next_fire_at <= :now"),
+                {"now": NOW},
+            )
+    assert tuple(fires.one()) == (5_000, 5_000, 0)
+    assert left_due.scalar_one() == 0
+
+
+async def test_a_claim_that_dies_before_commit_leaves_the_schedules_claimable(
+    wake_engine: AsyncEngine,
+) -> None:
+    await seed_due_schedules(wake_engine, count=20, conversations=4)
+    sessions = async_sessionmaker(wake_engine, expire_on_commit=False)
+    doomed = sessions()
+    await doomed.begin()
+    doomed_claims = await WakeScheduleRepository(doomed).claim_due(NOW, limit=20, next_fire=hourly_coalesce)
+    assert len(doomed_claims) == 20
+    backend = (await doomed.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+
+    async with sessions.begin() as rival:  # while the doomed tick holds the locks, they are skipped
+        assert await WakeScheduleRepository(rival).claim_due(NOW, limit=20, next_fire=hourly_coalesce) == []
+
+    async with wake_engine.connect() as admin:
+        await admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+    with pytest.raises(Exception):  # noqa: B017, PT011 - the driver's error for a terminated connection
+        await doomed.commit()
+    await doomed.close()
+
+    async with sessions.begin() as next_tick:
+        claims = await WakeScheduleRepository(next_tick).claim_due(NOW, limit=50, next_fire=hourly_coalesce)
+    assert {claim.schedule.schedule_id for claim in claims} == {claim.schedule.schedule_id for claim in doomed_claims}
+    assert all(claim.fire.scheduled_fire_at <= NOW for claim in claims)
