@@ -6,7 +6,7 @@ import uuid
 import warnings
 
 import pytest
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import create_engine, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 
@@ -266,6 +266,13 @@ def test_install_refuses_an_unknown_mode(wake_engine: AsyncEngine) -> None:
     with pytest.raises(InvalidInputError) as caught:
         install_partition_guard(wake_engine, mode="lenient")  # type: ignore[arg-type]
     assert caught.value.field == "mode"
+
+
+def test_install_refuses_an_engine_whose_sql_it_cannot_read() -> None:
+    engine = create_engine("sqlite://")
+    with pytest.raises(InvalidInputError, match="asyncpg dialect") as caught:
+        install_partition_guard(engine)
+    assert caught.value.field == "engine"
 
 
 async def test_unparseable_sql_on_a_wake_table_is_refused(connection: AsyncConnection) -> None:

@@ -55,6 +55,7 @@ _PARTITION_COLUMN: Final = "conversation_id"
 _SPAN_OPTION: Final = "agent_wake_spans_partitions"
 _GUARD_MODES: Final = ("raise", "warn", "off")
 _DECISION_CACHE_SIZE: Final = 4096
+_READABLE_PARAMSTYLE: Final = "numeric_dollar"
 
 GuardMode = Literal["raise", "warn", "off"]
 
@@ -156,6 +157,15 @@ def install_partition_guard(engine: Engine | AsyncEngine, *, mode: GuardMode = "
     sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
     if not isinstance(sync_engine, Engine):
         raise InvalidInputError("engine", "must be a SQLAlchemy Engine or AsyncEngine")
+    if sync_engine.dialect.name != "postgresql" or sync_engine.dialect.paramstyle != _READABLE_PARAMSTYLE:
+        # Other drivers send %s or :name placeholders, which PostgreSQL's
+        # parser cannot read: every statement on a wake table would be refused.
+        raise InvalidInputError(
+            "engine",
+            "the guard reads the SQL of the asyncpg dialect (postgresql+asyncpg, $n placeholders); "
+            f"this engine uses {sync_engine.dialect.name}+{sync_engine.dialect.driver} "
+            f"with paramstyle {sync_engine.dialect.paramstyle!r}",
+        )
     guard = _installed.get(sync_engine)
     if guard is not None:
         guard.mode = mode
