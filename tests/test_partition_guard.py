@@ -1,6 +1,7 @@
 """The partition guard refuses statements on the wake tables that are not
 confined to given conversations, whoever wrote them, before they run."""
 
+import asyncio
 import logging
 import uuid
 import warnings
@@ -105,6 +106,41 @@ UNSCOPED = {
     "update moving a row": (
         f"UPDATE wake_fires SET conversation_id = '{OTHER}' WHERE conversation_id = '{CONVERSATION}'"
     ),
+    "column aliases renaming conversation_id": (
+        "SELECT 1/0 FROM wake_fires AS w(c0, c1, c2, c3, c4, c5, conversation_id) WHERE w.conversation_id = 'fired'"
+    ),
+    "column aliases in a subquery": (
+        f"SELECT 1/0 FROM wake_fires w WHERE w.conversation_id = '{CONVERSATION}' AND EXISTS "
+        f"(SELECT 1 FROM wake_fires AS f(x) WHERE conversation_id = '{CONVERSATION}')"
+    ),
+    "tablesample": "SELECT 1/0 FROM wake_fires TABLESAMPLE SYSTEM (100)",
+    "tablesample in update from": (
+        "UPDATE agent_wake_schedules s SET name = 'x' FROM wake_fires f TABLESAMPLE SYSTEM (100) "
+        f"WHERE s.conversation_id = '{CONVERSATION}' AND 1/0 = 1"
+    ),
+    "merge": "MERGE INTO wake_fires w USING (SELECT 1) s ON 1/0 = 1 WHEN MATCHED THEN DELETE",
+    "explain analyze merge": (
+        "EXPLAIN ANALYZE MERGE INTO wake_fires w USING (SELECT 1) s ON 1/0 = 1 WHEN MATCHED THEN UPDATE SET error = 'x'"
+    ),
+    "prepared merge": (
+        "PREPARE guard_probe AS MERGE INTO wake_fires w USING (SELECT 1) s ON true WHEN MATCHED THEN DELETE"
+    ),
+    "upsert on an id-only target": (
+        f"INSERT INTO wake_fires (conversation_id, fire_id, status) VALUES ('{CONVERSATION}', '{OTHER}', 'fired') "
+        "ON CONFLICT (fire_id) DO UPDATE SET output_text = 'overwritten' WHERE 1/0 = 1"
+    ),
+    "upsert on the id constraint": (
+        f"INSERT INTO webhook_subscriptions (conversation_id, subscription_id, user_id, agent_id, "
+        f"secret_ciphertext) VALUES ('{CONVERSATION}', '{OTHER}', '{OTHER}', '{OTHER}', '') "
+        "ON CONFLICT ON CONSTRAINT webhook_subscriptions_subscription_id_key DO UPDATE SET name = 'x' "
+        "WHERE 1/0 = 1"
+    ),
+    "do block building the name": "DO $$BEGIN EXECUTE 'DELETE FROM wake' || '_fires'; END$$",
+    "query_to_xml": "SELECT query_to_xml('SELECT 1/0 FROM wake_fires', true, false, '')",
+    "table_to_xml by oid": (
+        "SELECT table_to_xml(c.oid::regclass, true, false, '') FROM pg_class c "
+        "WHERE relname = 'wake' || '_fires' AND 1/0 = 1"
+    ),
     "truncate": "TRUNCATE wake_fires",
     "explain analyze": "EXPLAIN ANALYZE SELECT 1/0 FROM wake_fires",
     "copy": "COPY wake_fires TO STDOUT",
@@ -117,7 +153,8 @@ UNSCOPED = {
 @pytest.mark.parametrize("sql", UNSCOPED.values(), ids=UNSCOPED.keys())
 async def test_unscoped_text_statements_are_refused(connection: AsyncConnection, sql: str) -> None:
     error = await refused(connection, sql)
-    assert error.table in {"agent_wake_schedules", "wake_fires", "webhook_subscriptions"}
+    # "(any)": a DO block or a SQL-running function, whose table cannot be known.
+    assert error.table in {"agent_wake_schedules", "wake_fires", "webhook_subscriptions", "(any)"}
     assert error.sql == sql
     assert sql in str(error)
 
@@ -154,6 +191,15 @@ SCOPED = {
     ),
     "quoted and schema-qualified": (f"SELECT 1 FROM public.\"wake_fires\" WHERE conversation_id = '{CONVERSATION}'"),
     "other tables": "SELECT count(*) FROM conversations",
+    "upsert on the partitioned key": (
+        f"INSERT INTO wake_fires (conversation_id, fire_id, status) VALUES ('{CONVERSATION}', '{OTHER}', 'fired') "
+        "ON CONFLICT (conversation_id, fire_id) DO UPDATE SET output_text = 'retried'"
+    ),
+    "upsert doing nothing": (
+        f"INSERT INTO wake_fires (conversation_id, fire_id, status) VALUES ('{CONVERSATION}', '{OTHER}', 'fired') "
+        "ON CONFLICT DO NOTHING"
+    ),
+    "table alias without column names": f"SELECT 1 FROM wake_fires AS w WHERE w.conversation_id = '{CONVERSATION}'",
     "ddl": "COMMENT ON TABLE wake_fires IS 'one row per fire'",
 }
 
@@ -225,6 +271,26 @@ async def test_spans_partitions_as_an_execution_option_allows_that_statement(
     statement = text("SELECT count(*) FROM wake_fires").execution_options(**spans_partitions("report"))
     await connection.execute(statement)
     await connection.execute(text("SELECT count(*) FROM wake_fires"), execution_options=spans_partitions("report"))
+
+
+async def test_one_span_entered_by_concurrent_tasks_holds_in_each(connection: AsyncConnection) -> None:
+    shared = spans_partitions("report: shared span")
+
+    async def inside() -> None:
+        with shared:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)
+
+    await asyncio.gather(inside(), inside(), inside())
+    await refused(connection, "SELECT count(*) FROM wake_fires")
+
+
+@pytest.mark.parametrize("option", ["", "  ", None, 42])
+async def test_an_empty_span_option_is_no_permission(connection: AsyncConnection, option: object) -> None:
+    with pytest.raises(PartitionScopeError):
+        await connection.execute(
+            text("SELECT count(*) FROM wake_fires"), execution_options={"agent_wake_spans_partitions": option}
+        )
 
 
 @pytest.mark.parametrize("reason", ["", "   ", None])

@@ -13,10 +13,15 @@ with PostgreSQL's own parser (``pglast``) and fails closed:
   must have its ``conversation_id`` pinned by a top-level AND conjunct of
   the WHERE clause at its own level: ``= value``, ``IN (values)`` or
   ``= ANY(array)``, where a value is a bind parameter or a constant;
-- an INSERT must name ``conversation_id`` in its column list, and neither
-  an UPDATE nor ``ON CONFLICT DO UPDATE`` may set it;
-- TRUNCATE, LOCK, MERGE, COPY of a whole table and DO blocks that mention the
-  tables are refused; DDL is not checked.
+- a wake table may not be aliased with column names (``AS w(a, b, ...)``
+  would give another column the name ``conversation_id``);
+- an INSERT must name ``conversation_id`` in its column list; neither an
+  UPDATE nor ``ON CONFLICT DO UPDATE`` may set it, and ``DO UPDATE`` needs a
+  conflict target that includes it;
+- TRUNCATE, LOCK, MERGE and COPY of a wake table, every DO block, and the
+  built-ins that run SQL given as text (``query_to_xml``, ``dblink``, ...)
+  are refused. DDL is not checked, and what views, rules and functions do
+  inside is out of its sight.
 
 Cross-partition work runs inside :func:`spans_partitions`, with a reason
 that is logged at DEBUG with the statement. Decisions are cached by
@@ -26,7 +31,7 @@ statement text, so a repeated statement costs a dictionary lookup.
 import logging
 import warnings
 from collections.abc import Iterator, Mapping
-from contextvars import ContextVar, Token
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final, Literal
@@ -56,11 +61,40 @@ _SPAN_OPTION: Final = "agent_wake_spans_partitions"
 _GUARD_MODES: Final = ("raise", "warn", "off")
 _DECISION_CACHE_SIZE: Final = 4096
 _READABLE_PARAMSTYLE: Final = "numeric_dollar"
+# Unique constraints that lead with conversation_id: a safe ON CONFLICT target.
+_PARTITIONED_CONSTRAINTS: Final = frozenset(
+    {"agent_wake_schedules_pkey", "wake_fires_pkey", "webhook_subscriptions_pkey"}
+)
+# Built-ins that run a query given as text, or dump a table named at run time.
+_SQL_RUNNING_FUNCTIONS: Final = frozenset(
+    {
+        "query_to_xml",
+        "query_to_xmlschema",
+        "query_to_xml_and_xmlschema",
+        "table_to_xml",
+        "table_to_xmlschema",
+        "table_to_xml_and_xmlschema",
+        "cursor_to_xml",
+        "cursor_to_xmlschema",
+        "schema_to_xml",
+        "schema_to_xmlschema",
+        "schema_to_xml_and_xmlschema",
+        "database_to_xml",
+        "database_to_xmlschema",
+        "database_to_xml_and_xmlschema",
+        "dblink",
+        "dblink_exec",
+        "dblink_send_query",
+    }
+)
 
 GuardMode = Literal["raise", "warn", "off"]
 
 _logger = logging.getLogger(__name__)
-_current_span: ContextVar[str | None] = ContextVar("agent_wake_partition_span", default=None)
+# The reasons of the spans entered in this context, innermost last. A stack
+# in the context (not tokens on the span) lets one span object be entered
+# by several tasks at once.
+_open_spans: ContextVar[tuple[str, ...]] = ContextVar("agent_wake_partition_spans", default=())
 _installed: "WeakKeyDictionary[Engine, _Guard]" = WeakKeyDictionary()
 
 
@@ -79,7 +113,6 @@ class PartitionSpan(Mapping[str, str]):
         if not isinstance(reason, str) or not reason.strip():
             raise InvalidInputError("reason", "a cross-partition scope needs a non-empty reason")
         self.reason = reason
-        self._tokens: list[Token[str | None]] = []
 
     def __getitem__(self, key: str) -> str:
         if key != _SPAN_OPTION:
@@ -93,11 +126,11 @@ class PartitionSpan(Mapping[str, str]):
         return 1
 
     def __enter__(self) -> "PartitionSpan":
-        self._tokens.append(_current_span.set(self.reason))
+        _open_spans.set((*_open_spans.get(), self.reason))
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        _current_span.reset(self._tokens.pop())
+        _open_spans.set(_open_spans.get()[:-1])
 
     def __repr__(self) -> str:
         return f"spans_partitions({self.reason!r})"
@@ -129,9 +162,12 @@ class _Guard:
     ) -> None:
         if self.mode == "off":
             return
-        reason = _current_span.get()
+        open_spans = _open_spans.get()
+        reason = open_spans[-1] if open_spans else None
         if reason is None and context is not None:
-            reason = context.execution_options.get(_SPAN_OPTION)
+            option = context.execution_options.get(_SPAN_OPTION)
+            # Only a real reason opens a span: an empty option is no permission.
+            reason = option if isinstance(option, str) and option.strip() else None
         if reason is not None:
             _logger.debug("cross-partition statement (%s): %s", reason, statement)
             return
@@ -183,18 +219,18 @@ def _might_touch_guarded_tables(sql: str) -> bool:
 
 @lru_cache(maxsize=_DECISION_CACHE_SIZE)
 def _refusal(sql: str) -> _Refusal | None:
-    if not _might_touch_guarded_tables(sql):
-        return None
+    # Every distinct statement is parsed once: a table name can be built at
+    # run time (EXECUTE 'wake' || '_fires'), so no text search can tell
+    # which statements are safe to skip.
     try:
         statements = parse_sql(sql)
     except ParseError:
-        return _Refusal("(unknown)", "the statement cannot be parsed, so its scope cannot be checked")
+        if _might_touch_guarded_tables(sql):
+            return _Refusal("(unknown)", "the statement cannot be parsed, so its scope cannot be checked")
+        return None  # PostgreSQL will refuse it too, and it names no wake table
     for raw in statements:
-        start = raw.stmt_location or 0
-        # stmt_len 0 means "to the end of the string".
-        end = start + raw.stmt_len if raw.stmt_len else len(sql)
         if raw.stmt is not None:
-            refusal = _check_top_level(raw.stmt, sql[start:end])
+            refusal = _check_top_level(raw.stmt)
             if refusal is not None:
                 return refusal
     return None
@@ -213,7 +249,7 @@ _CHECKED_STATEMENTS: Final = (
 )
 
 
-def _check_top_level(statement: ast.Node, text: str) -> _Refusal | None:
+def _check_top_level(statement: ast.Node) -> _Refusal | None:
     if isinstance(statement, ast.TruncateStmt | ast.MergeStmt | ast.LockStmt):
         table = next(_guarded_names_in(statement), None)
         if table is not None:
@@ -221,11 +257,8 @@ def _check_top_level(statement: ast.Node, text: str) -> _Refusal | None:
             return _Refusal(table, f"{kind} spans every conversation")
         return None
     if isinstance(statement, ast.DoStmt):
-        lowered = text.lower()
-        for table in sorted(GUARDED_TABLES):
-            if table in lowered:
-                return _Refusal(table, "a DO block cannot be checked")
-        return None
+        # Its body can build any SQL at run time (EXECUTE 'wake' || '_fires').
+        return _Refusal("(any)", "a DO block cannot be checked; run it inside spans_partitions(reason)")
     if isinstance(statement, ast.CopyStmt) and _is_guarded(statement.relation):
         return _Refusal(_relname(statement.relation), "COPY of a whole table spans every conversation")
     if not isinstance(statement, _CHECKED_STATEMENTS):
@@ -264,6 +297,14 @@ def _guarded_names_in(node: ast.Node) -> Iterator[str]:
 
 
 def _check_level(node: ast.Node) -> _Refusal | None:
+    if isinstance(node, ast.MergeStmt):
+        table = next(_guarded_names_in(node), None)
+        return _Refusal(table, "MERGE cannot be checked") if table is not None else None
+    if isinstance(node, ast.FuncCall) and _function_name(node) in _SQL_RUNNING_FUNCTIONS:
+        return _Refusal("(any)", f"{_function_name(node)}() runs SQL the guard cannot see")
+    if isinstance(node, ast.RangeVar) and _is_guarded(node) and node.alias is not None and node.alias.colnames:
+        # AS w(a, b, conversation_id) would give another column the partition column's name.
+        return _Refusal(_relname(node), "an alias may not rename the columns of a wake table")
     if isinstance(node, ast.SelectStmt):
         return _check_scoped(list(_range_leaves(node.fromClause)), node.whereClause)
     if isinstance(node, ast.UpdateStmt):
@@ -278,13 +319,28 @@ def _check_level(node: ast.Node) -> _Refusal | None:
         if _PARTITION_COLUMN not in columns:
             return _Refusal(table, "an INSERT must name conversation_id in its column list")
         conflict = node.onConflictClause
-        if (
-            conflict is not None
-            and conflict.action == OnConflictAction.ONCONFLICT_UPDATE
-            and _sets_partition_column(conflict.targetList)
-        ):
-            return _Refusal(table, "ON CONFLICT DO UPDATE must not change conversation_id")
+        if conflict is not None and conflict.action == OnConflictAction.ONCONFLICT_UPDATE:
+            if _sets_partition_column(conflict.targetList):
+                return _Refusal(table, "ON CONFLICT DO UPDATE must not change conversation_id")
+            if not _conflict_target_includes_partition(conflict.infer):
+                # ON CONFLICT (fire_id) would update the row of whichever
+                # conversation already holds that id.
+                return _Refusal(table, "ON CONFLICT DO UPDATE needs a conflict target that includes conversation_id")
     return None
+
+
+def _conflict_target_includes_partition(infer: Any) -> bool:
+    if infer is None:
+        return False
+    if infer.conname is not None:
+        return str(infer.conname) in _PARTITIONED_CONSTRAINTS
+    return any(getattr(element, "name", None) == _PARTITION_COLUMN for element in infer.indexElems or ())
+
+
+def _function_name(call: ast.FuncCall) -> str:
+    names = call.funcname or ()
+    last = names[-1] if names else None
+    return (last.sval or "").lower() if isinstance(last, ast.String) else ""
 
 
 def _range_leaves(from_items: Any) -> Iterator[object]:
@@ -294,6 +350,8 @@ def _range_leaves(from_items: Any) -> Iterator[object]:
         item = stack.pop()
         if isinstance(item, ast.JoinExpr):
             stack.extend((item.larg, item.rarg))
+        elif isinstance(item, ast.RangeTableSample):
+            stack.append(item.relation)
         else:
             yield item
 
