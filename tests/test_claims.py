@@ -130,26 +130,59 @@ async def test_coalesce_claims_missed_periods_once(wake_factory: WakeFactory, wa
 
 
 @pytest.mark.parametrize(
-    ("bad_next_fire", "rule"),
+    ("bad_next_fire", "logged"),
     [
         (lambda schedule, now: schedule.next_fire_at, "not after the claimed period"),
         (lambda schedule, now: datetime(2030, 1, 1), "timezone-aware"),
         (lambda schedule, now: "tomorrow", "must be a datetime"),
+        (lambda schedule, now: 1 / 0, "ZeroDivisionError"),
     ],
-    ids=["same period", "naive", "not a datetime"],
+    ids=["same period", "naive", "not a datetime", "raises"],
 )
-async def test_a_bad_next_fire_is_refused_and_nothing_is_written(
-    wake_factory: WakeFactory, wake_session: AsyncSession, bad_next_fire: Any, rule: str
+async def test_a_schedule_whose_next_fire_fails_is_left_due_and_the_rest_are_claimed(
+    wake_factory: WakeFactory,
+    wake_session: AsyncSession,
+    caplog: pytest.LogCaptureFixture,
+    bad_next_fire: Any,
+    logged: str,
 ) -> None:
-    good = await wake_factory.schedule(next_fire_at=NOW - 2 * HOUR)
-    await wake_factory.schedule(next_fire_at=NOW - HOUR)
-    with pytest.raises(InvalidInputError, match=rule) as caught:
-        await WakeScheduleRepository(wake_session).claim_due(NOW, limit=10, next_fire=bad_next_fire)
-    assert caught.value.field == "next_fire"
-    assert await count_fires(wake_session, good) == 0
-    stored = await WakeScheduleRepository(wake_session).get(good.conversation_id, good.schedule_id)
+    broken = await wake_factory.schedule(next_fire_at=NOW - 2 * HOUR)
+    healthy = await wake_factory.schedule(next_fire_at=NOW - HOUR)
+
+    def next_fire(schedule: WakeSchedule, now: datetime) -> datetime | None:
+        if schedule.schedule_id == broken.schedule_id:
+            return bad_next_fire(schedule, now)  # type: ignore[no-any-return]
+        return hourly_coalesce(schedule, now)
+
+    claims = await WakeScheduleRepository(wake_session).claim_due(NOW, limit=10, next_fire=next_fire)
+
+    assert [claim.schedule.schedule_id for claim in claims] == [healthy.schedule_id]
+    assert await count_fires(wake_session, broken) == 0
+    stored = await WakeScheduleRepository(wake_session).get(broken.conversation_id, broken.schedule_id)
     assert stored is not None
-    assert (stored.next_fire_at, stored.last_fired_at) == (NOW - 2 * HOUR, None)
+    assert (stored.status, stored.next_fire_at, stored.last_fired_at) == ("active", NOW - 2 * HOUR, None)
+    assert str(broken.schedule_id) in caplog.text
+    assert logged in caplog.text
+
+
+async def test_a_period_that_already_has_its_fire_gets_no_second_one(
+    wake_factory: WakeFactory, wake_session: AsyncSession
+) -> None:
+    rearmed = await wake_factory.schedule(next_fire_at=NOW - HOUR)
+    other = await wake_factory.schedule(next_fire_at=NOW - HOUR)
+    repo = WakeScheduleRepository(wake_session)
+    await repo.claim_due(NOW, limit=10, next_fire=hourly_coalesce)
+    # Re-armed at the instant it already fired for, as a user may do:
+    await repo.update_next_fire_at(rearmed.conversation_id, rearmed.schedule_id, NOW - HOUR)
+    await repo.update_next_fire_at(other.conversation_id, other.schedule_id, NOW - HOUR / 2)
+
+    claims = await repo.claim_due(NOW, limit=10, next_fire=hourly_coalesce)
+
+    assert [claim.schedule.schedule_id for claim in claims] == [other.schedule_id]
+    assert await count_fires(wake_session, rearmed) == 1
+    stored = await repo.get(rearmed.conversation_id, rearmed.schedule_id)
+    assert stored is not None
+    assert stored.next_fire_at == NOW + HOUR
 
 
 async def test_claim_due_refuses_bad_arguments(wake_session: AsyncSession) -> None:
@@ -165,22 +198,49 @@ async def test_claim_due_refuses_bad_arguments(wake_session: AsyncSession) -> No
     assert caught.value.field == "next_fire"
 
 
-async def test_a_batch_costs_three_statements_whatever_its_size(wake_engine: AsyncEngine, wake_secrets: Any) -> None:
-    async with AsyncSession(wake_engine) as session, session.begin():
-        factory = WakeFactory(session, wake_secrets)
-        for minutes in range(60):
-            await factory.schedule(next_fire_at=NOW - timedelta(minutes=minutes + 1))
+@pytest.mark.parametrize("batch", [3, 1_500])
+async def test_a_batch_costs_three_statements_whatever_its_size(
+    wake_engine: AsyncEngine, wake_secrets: Any, batch: int
+) -> None:
+    await seed_due_schedules(wake_engine, count=batch, conversations=10)
     async with AsyncSession(wake_engine) as session, session.begin():
         with statements_sent(wake_engine) as sent:
-            claims = await WakeScheduleRepository(session).claim_due(NOW, limit=50, next_fire=hourly_coalesce)
-    assert len(claims) == 50
+            claims = await WakeScheduleRepository(session).claim_due(NOW, limit=batch, next_fire=hourly_coalesce)
+    assert len(claims) == batch
     assert len(sent) == 3, sent
     locking, inserting, rescheduling = sent
-    assert "FOR UPDATE SKIP LOCKED" in locking
-    assert inserting.startswith("INSERT INTO wake_fires (conversation_id, fire_id, schedule_id, scheduled_fire_at")
-    assert rescheduling.startswith("UPDATE agent_wake_schedules SET ")
-    assert "FROM unnest(" in rescheduling
-    assert "agent_wake_schedules.conversation_id = ANY (" in rescheduling
+    # The texts do not depend on the batch size: one plan, one guard decision.
+    assert locking == (
+        "SELECT agent_wake_schedules.conversation_id, agent_wake_schedules.schedule_id, "
+        "agent_wake_schedules.user_id, agent_wake_schedules.agent_id, agent_wake_schedules.skill_id, "
+        "agent_wake_schedules.schedule_type, agent_wake_schedules.schedule_config, agent_wake_schedules.task_prompt, "
+        "agent_wake_schedules.execution_mode, agent_wake_schedules.status, agent_wake_schedules.next_fire_at, "
+        "agent_wake_schedules.last_fired_at, agent_wake_schedules.name, agent_wake_schedules.missed_fire_policy, "
+        "agent_wake_schedules.context_from_schedule_id, agent_wake_schedules.include_conversation_history, "
+        "agent_wake_schedules.date_created, agent_wake_schedules.date_updated \n"
+        "FROM agent_wake_schedules \n"
+        "WHERE agent_wake_schedules.status = $1::VARCHAR AND agent_wake_schedules.next_fire_at <= "
+        "$2::TIMESTAMP WITH TIME ZONE ORDER BY agent_wake_schedules.next_fire_at, agent_wake_schedules.schedule_id \n"
+        " LIMIT $3::INTEGER FOR UPDATE SKIP LOCKED"
+    )
+    assert inserting.startswith(
+        "INSERT INTO wake_fires (conversation_id, fire_id, schedule_id, scheduled_fire_at, actual_fired_at, status) "
+        "SELECT claimed_fire.conversation_id, claimed_fire.fire_id, claimed_fire.schedule_id, "
+        "claimed_fire.scheduled_fire_at, $1::TIMESTAMP WITH TIME ZONE AS anon_1, $2::VARCHAR AS anon_2 \n"
+        "FROM unnest($3::UUID[], $4::UUID[], $5::UUID[], $6::TIMESTAMP WITH TIME ZONE[]) "
+        "AS claimed_fire(conversation_id, fire_id, schedule_id, scheduled_fire_at) "
+        "ON CONFLICT (conversation_id, schedule_id, scheduled_fire_at) WHERE schedule_id IS NOT NULL DO NOTHING "
+        "RETURNING "
+    )
+    assert rescheduling.startswith(
+        "UPDATE agent_wake_schedules SET status=claimed.status, next_fire_at=claimed.next_fire_at, "
+        "last_fired_at=$1::TIMESTAMP WITH TIME ZONE, date_updated=now() "
+        "FROM unnest($2::UUID[], $3::UUID[], $4::TIMESTAMP WITH TIME ZONE[], $5::TEXT[]) "
+        "AS claimed(conversation_id, schedule_id, next_fire_at, status) "
+        "WHERE agent_wake_schedules.conversation_id = ANY ($6::UUID[]) "
+        "AND agent_wake_schedules.conversation_id = claimed.conversation_id "
+        "AND agent_wake_schedules.schedule_id = claimed.schedule_id RETURNING "
+    )
 
 
 async def test_a_second_fire_for_the_same_period_is_a_conflict(

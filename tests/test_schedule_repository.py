@@ -199,7 +199,7 @@ async def test_update_validates_a_new_config_against_the_stored_type(
     assert changed.schedule_type == "daily_at"
 
 
-@pytest.mark.parametrize("field", ["status", "conversation_id", "schedule_id", "date_created", "bogus"])
+@pytest.mark.parametrize("field", ["status", "next_fire_at", "conversation_id", "schedule_id", "date_created", "bogus"])
 async def test_update_refuses_fields_it_does_not_own(
     wake_factory: WakeFactory, repo: WakeScheduleRepository, wake_session: AsyncSession, field: str
 ) -> None:

@@ -7,13 +7,11 @@ from datetime import datetime
 from typing import Any, Final
 
 import uuid_utils.compat as uuid_utils
-from sqlalchemy import ColumnElement, DateTime, Text, any_, delete, func, insert, literal, select, update
-from sqlalchemy.dialects.postgresql import ARRAY, UUID
+from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from agent_wake import _claiming, enums
 from agent_wake import _validation as check
-from agent_wake import enums
-from agent_wake._batch import unnest_rows
 from agent_wake.errors import (
     ConflictError,
     InvalidInputError,
@@ -50,13 +48,18 @@ _UPDATABLE_FIELDS: Final = frozenset(
         "skill_id",
         "task_prompt",
         "execution_mode",
-        "next_fire_at",
         "name",
         "missed_fire_policy",
         "context_from_schedule_id",
         "include_conversation_history",
     }
 )
+
+
+_UPDATE_HINTS: Final = {
+    "status": " (use pause, resume or mark_expired)",
+    "next_fire_at": " (use update_next_fire_at or resume)",
+}
 
 
 def _this_schedule(conversation_id: uuid.UUID, schedule_id: uuid.UUID) -> ColumnElement[bool]:
@@ -185,7 +188,9 @@ class WakeScheduleRepository:
         """Change the named fields and return the schedule.
 
         Status changes go through :meth:`pause`, :meth:`resume` and
-        :meth:`mark_expired`, and are refused here, as are unknown fields.
+        :meth:`mark_expired`, and ``next_fire_at`` through
+        :meth:`update_next_fire_at` (active schedules only); they are refused
+        here, as are unknown fields.
         Changing only ``schedule_config`` validates it against the stored
         type (one extra SELECT).
         """
@@ -197,8 +202,7 @@ class WakeScheduleRepository:
             if field not in _UPDATABLE_FIELDS:
                 raise InvalidInputError(
                     field,
-                    "cannot be changed with update()"
-                    + (" (use pause, resume or mark_expired)" if field == "status" else ""),
+                    "cannot be changed with update()" + _UPDATE_HINTS.get(field, ""),
                 )
         values = await self._validated_changes(conversation_id, schedule_id, changes)
         return await self._update_one(conversation_id, schedule_id, values, action="update", extra_where=None)
@@ -339,88 +343,39 @@ class WakeScheduleRepository:
         ``next_fire(schedule, now)``; ``None`` marks the schedule expired.
         ``next_fire`` must return an aware instant after the claimed period
         (the next missed one for ``catch_up``, the first after ``now`` for
-        ``coalesce``); every value is checked before anything is written.
+        ``coalesce``). A schedule for which it raises or returns anything
+        else is left out of the batch, unchanged and still due, and logged
+        at ERROR, so one broken schedule cannot stop the tick for everyone.
+        A period that already has its fire gets no second one: the schedule
+        is advanced and not returned.
 
-        Costs three round trips whatever the batch size: the locking SELECT,
-        one multi-row INSERT of the fires and one ``UPDATE ... FROM unnest``.
-        The locks are held until the caller commits; if the caller's process
-        dies first, PostgreSQL releases them and nothing was claimed.
+        Returns the claims that got a new fire. Costs three round trips
+        whatever the batch size: the locking SELECT, one
+        ``INSERT ... SELECT FROM unnest`` of the fires and one
+        ``UPDATE ... FROM unnest``. The locks are held until the caller
+        commits; if the caller's process dies first, PostgreSQL releases them
+        and nothing was claimed.
         """
         now = check.require_aware("now", now)
         limit = check.require_limit(limit)
         if not callable(next_fire):
             raise InvalidInputError("next_fire", "must be a function (schedule, now) -> datetime | None")
-        locking = (
-            select(WakeSchedule)
-            .where(WakeSchedule.status == "active", WakeSchedule.next_fire_at <= now)
-            .order_by(WakeSchedule.next_fire_at, WakeSchedule.schedule_id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-            .execution_options(populate_existing=True, **spans_partitions("tick: claim due schedules"))
-        )
-        due = list(await self._session.scalars(locking))
-        if not due:
+        due = list(await self._session.scalars(_claiming.locking_statement(now, limit)))
+        planned = _claiming.plan_claims(due, now, next_fire)
+        if not planned:
             return []
-        periods = [schedule.next_fire_at for schedule in due]
-        following = [self._next_after(schedule, now, next_fire) for schedule in due]
-
-        fire_rows = [
-            {
-                "conversation_id": schedule.conversation_id,
-                "fire_id": uuid_utils.uuid7(),
-                "schedule_id": schedule.schedule_id,
-                "scheduled_fire_at": period,
-                "actual_fired_at": now,
-                "status": "dispatching",
-            }
-            for schedule, period in zip(due, periods, strict=True)
-        ]
-        conversation_ids = [schedule.conversation_id for schedule in due]
-        claimed = unnest_rows(
-            "claimed",
-            {
-                "conversation_id": (conversation_ids, UUID(as_uuid=True)),
-                "schedule_id": ([schedule.schedule_id for schedule in due], UUID(as_uuid=True)),
-                "next_fire_at": (following, DateTime(timezone=True)),
-                "status": (["active" if when is not None else "expired" for when in following], Text()),
-            },
-        )
-        rescheduling = (
-            update(WakeSchedule)
-            .where(
-                WakeSchedule.conversation_id == any_(literal(conversation_ids, ARRAY(UUID(as_uuid=True)))),
-                WakeSchedule.conversation_id == claimed.c.conversation_id,
-                WakeSchedule.schedule_id == claimed.c.schedule_id,
-            )
-            .values(next_fire_at=claimed.c.next_fire_at, status=claimed.c.status, last_fired_at=now)
-            .returning(WakeSchedule)
-            .execution_options(synchronize_session=False, populate_existing=True)
-        )
         with translate_database_errors():
-            fires = list(
-                await self._session.scalars(
-                    insert(WakeFire).returning(WakeFire, sort_by_parameter_order=True), fire_rows
-                )
-            )
-            rescheduled = {row.schedule_id: row for row in await self._session.scalars(rescheduling)}
+            fires = {
+                fire.schedule_id: fire
+                for fire in await self._session.scalars(_claiming.fire_insert_statement(planned, now))
+            }
+            await self._session.scalars(_claiming.rescheduling_statement(planned, now))
+        # populate_existing refreshed the planned schedules in place; keep their oldest-first order.
         return [
-            ClaimedFire(schedule=rescheduled[schedule.schedule_id], fire=fire)
-            for schedule, fire in zip(due, fires, strict=True)
+            ClaimedFire(claim.schedule, fires[claim.schedule.schedule_id])
+            for claim in planned
+            if claim.schedule.schedule_id in fires
         ]
-
-    @staticmethod
-    def _next_after(schedule: WakeSchedule, now: datetime, next_fire: NextFire) -> datetime | None:
-        following = next_fire(schedule, now)
-        if following is None:
-            return None
-        following = check.require_aware("next_fire", following)
-        if schedule.next_fire_at is not None and following <= schedule.next_fire_at:
-            raise InvalidInputError(
-                "next_fire",
-                f"returned {following.isoformat()} for schedule {schedule.schedule_id}, "
-                f"not after the claimed period {schedule.next_fire_at.isoformat()}",
-            )
-        return following
 
     async def _require_context_source(
         self, conversation_id: uuid.UUID, schedule_id: uuid.UUID, source_id: uuid.UUID
@@ -439,7 +394,6 @@ class WakeScheduleRepository:
             "skill_id": lambda v: check.optional_uuid("skill_id", v),
             "task_prompt": lambda v: check.optional_text("task_prompt", v, max_length=_MAX_PROMPT_LENGTH),
             "execution_mode": lambda v: check.require_choice("execution_mode", v, enums.EXECUTION_MODES),
-            "next_fire_at": lambda v: check.optional_aware("next_fire_at", v),
             "name": lambda v: check.optional_text("name", v, max_length=_MAX_NAME_LENGTH),
             "missed_fire_policy": lambda v: check.require_choice("missed_fire_policy", v, enums.MISSED_FIRE_POLICIES),
             "context_from_schedule_id": lambda v: check.optional_uuid("context_from_schedule_id", v),
