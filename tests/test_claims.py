@@ -317,7 +317,21 @@ async def test_batch_finalization_refuses_bad_outcomes_naming_them(wake_session:
     with pytest.raises(InvalidInputError) as caught:
         await fires.finalize_failed_batch([FireFailure(conversation_id, fire_id, "x")] * 2)
     assert caught.value.field == "outcomes"
+    with pytest.raises(InvalidInputError) as caught:
+        await fires.finalize_success_batch(None)  # type: ignore[arg-type]
+    assert caught.value.field == "outcomes"
+    with pytest.raises(InvalidInputError) as caught:
+        await fires.finalize_success_batch([FireFailure(conversation_id, fire_id, "x")])  # type: ignore[list-item]
+    assert caught.value.field == "outcomes[0]"
     assert await fires.finalize_success_batch([]) == []
+
+
+async def test_an_empty_output_is_a_real_output(wake_factory: WakeFactory, wake_session: AsyncSession) -> None:
+    fire = await wake_factory.fire()
+    silent = await WakeFireRepository(wake_session).finalize_success(
+        fire.conversation_id, fire.fire_id, status="fired_silent", output_text="", display_suppressed=True
+    )
+    assert (silent.status, silent.output_text) == ("fired_silent", "")
 
 
 async def seed_due_schedules(engine: AsyncEngine, count: int, conversations: int) -> None:

@@ -13,39 +13,60 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
-from agent_wake import SecretBox, WakeScheduleRepository, WebhookSubscriptionRepository
-from agent_wake.partition_guard import _refusal
+from agent_wake import SecretBox, WakeFireRepository, WakeScheduleRepository, WebhookSubscriptionRepository
+from agent_wake.partition_guard import GUARDED_TABLES, _refusal
 from tests.clock import NOW
 
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "agent_wake"
-# The tick's scan and claim, the webhook receiver's lookup, the recovery
+# The tick's scan and claim (claim_due's locking query is built in
+# _claiming.locking_statement), the webhook receiver's lookup, the recovery
 # job's scan, and the pytest plugin's teardown that empties the wake tables
 # after a wake_engine test.
-DOCUMENTED_CROSS_PARTITION_METHODS = {"list_due", "claim_due", "find_by_id", "list_stale_dispatching", "wake_engine"}
+DOCUMENTED_CROSS_PARTITION_FUNCTIONS = {
+    "list_due",
+    "locking_statement",
+    "find_by_id",
+    "list_stale_dispatching",
+    "wake_engine",
+}
+SPAN_NAMES = {"spans_partitions", "PartitionSpan"}
+
+
+def package_sources() -> list[Path]:
+    return [path for path in sorted(PACKAGE.rglob("*.py")) if path.name != "partition_guard.py"]
 
 
 def spans_partitions_call_sites() -> list[tuple[str, str, ast.Call]]:
+    """Calls of spans_partitions or PartitionSpan, by plain name or as an attribute, per function."""
     sites = []
-    for path in sorted(PACKAGE.rglob("*.py")):
-        if path.name == "partition_guard.py":
-            continue
+    for path in package_sources():
         tree = ast.parse(path.read_text())
         for function in ast.walk(tree):
             if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
                 continue
             for node in ast.walk(function):
-                if (
-                    isinstance(node, ast.Call)
-                    and isinstance(node.func, ast.Name)
-                    and node.func.id == "spans_partitions"
-                ):
+                if not isinstance(node, ast.Call):
+                    continue
+                name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", None)
+                if name in SPAN_NAMES:
                     sites.append((path.name, function.name, node))
     return sites
 
 
-def test_only_the_documented_cross_partition_methods_span_partitions() -> None:
-    methods = {function for _, function, _ in spans_partitions_call_sites()}
-    assert methods == DOCUMENTED_CROSS_PARTITION_METHODS
+def test_only_the_documented_cross_partition_functions_span_partitions() -> None:
+    functions = {function for _, function, _ in spans_partitions_call_sites()}
+    assert functions == DOCUMENTED_CROSS_PARTITION_FUNCTIONS
+
+
+def test_no_module_opens_a_span_another_way() -> None:
+    for path in package_sources():
+        source = path.read_text()
+        assert "agent_wake_spans_partitions" not in source, f"{path.name} sets the span option by hand"
+        tree = ast.parse(source)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "agent_wake.partition_guard":
+                for alias in node.names:
+                    assert alias.asname is None, f"{path.name} imports {alias.name} under another name"
 
 
 def test_every_span_in_the_package_gives_a_literal_reason() -> None:
@@ -57,9 +78,7 @@ def test_every_span_in_the_package_gives_a_literal_reason() -> None:
         assert reason.value.strip(), f"{module}:{function}"
 
 
-async def test_the_cross_partition_methods_would_be_refused_without_their_span(
-    wake_database_url: str,
-) -> None:
+async def test_the_cross_partition_methods_would_be_refused_without_their_span(wake_database_url: str) -> None:
     engine = create_async_engine(wake_database_url)
     sent: list[tuple[str, object]] = []
 
@@ -70,13 +89,16 @@ async def test_the_cross_partition_methods_would_be_refused_without_their_span(
     try:
         async with AsyncSession(engine) as session:
             await WakeScheduleRepository(session).list_due(NOW)
+            await WakeScheduleRepository(session).claim_due(NOW, limit=10, next_fire=lambda schedule, now: None)
             await WebhookSubscriptionRepository(session, SecretBox.from_keys(SecretBox.generate_key())).find_by_id(
                 uuid.uuid4()
             )
+            await WakeFireRepository(session).list_stale_dispatching(NOW)
+            await session.rollback()
     finally:
         await engine.dispose()
-    wake_statements = [(sql, reason) for sql, reason in sent if "agent_wake_schedules" in sql or "webhook" in sql]
-    assert len(wake_statements) == 2
+    wake_statements = [(sql, reason) for sql, reason in sent if any(table in sql for table in GUARDED_TABLES)]
+    assert len(wake_statements) == 4
     for sql, reason in wake_statements:
         assert _refusal(sql) is not None, sql
         assert isinstance(reason, str)

@@ -223,7 +223,7 @@ async def test_orm_select_with_conversation_passes(wake_factory: WakeFactory, wa
     assert list(found) == [created]
 
 
-async def test_orm_bulk_update_and_delete_without_conversation_are_refused(
+async def test_orm_bulk_update_without_conversation_is_refused(
     wake_factory: WakeFactory,
     wake_session: AsyncSession,
 ) -> None:

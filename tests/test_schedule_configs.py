@@ -50,6 +50,14 @@ INVALID = [
     ("interval", {"seconds": -5}, "schedule_config.seconds"),
     ("interval", {}, "schedule_config.seconds"),
     ("interval", [1800], "schedule_config"),
+    ("interval", {"seconds": 10**30}, "schedule_config.seconds"),
+    ("interval", {"seconds": True}, "schedule_config.seconds"),
+    ("daily_at", {"hour": "14"}, "schedule_config.hour"),
+    ("daily_at", {"hour": True}, "schedule_config.hour"),
+    ("every_n_hours", {"n": 2.0}, "schedule_config.n"),
+    ("relative_delay", {"delay": "9999999999999999999d"}, "schedule_config.delay"),
+    ("relative_delay", {"delay": "4000d"}, "schedule_config.delay"),
+    ("cron", {"expr": "\u0663 * * * *"}, "schedule_config.expr"),
 ]
 
 
@@ -68,6 +76,20 @@ def test_unknown_type_is_refused_listing_the_known_ones() -> None:
 
 class SunsetConfig(BaseModel):
     offset_minutes: int
+
+
+class NoteConfig(BaseModel):
+    note: str
+
+
+def test_a_registered_type_cannot_store_text_jsonb_refuses() -> None:
+    register_schedule_type("test_note", NoteConfig)
+    assert validate_schedule_config("test_note", {"note": "ok"}) == {"note": "ok"}
+    for bad in ("nul\x00here", "lone\ud800surrogate"):
+        with pytest.raises(InvalidInputError) as caught:
+            validate_schedule_config("test_note", {"note": bad})
+        assert caught.value.field == "schedule_config"
+        assert bad not in str(caught.value)
 
 
 def test_an_application_can_register_its_own_type() -> None:

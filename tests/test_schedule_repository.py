@@ -4,10 +4,17 @@ import uuid
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from agent_wake import ConflictError, InvalidInputError, NotFoundError, WakeScheduleRepository
+from agent_wake import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    SecretBox,
+    WakeSchedule,
+    WakeScheduleRepository,
+)
 from agent_wake.factories import WakeFactory
 from tests.clock import NOW, in_minutes
 
@@ -66,6 +73,8 @@ async def test_create_keeps_a_given_schedule_id(wake_factory: WakeFactory, wake_
         ({"include_conversation_history": "yes"}, "include_conversation_history"),
         ({"status": "paused"}, "next_fire_at"),
         ({"context_from_schedule_id": uuid.uuid4()}, "context_from_schedule_id"),
+        ({"name": "bad\ud800"}, "name"),
+        ({"task_prompt": "nul\x00"}, "task_prompt"),
     ],
 )
 async def test_create_refuses_bad_input_and_writes_nothing(
@@ -348,6 +357,39 @@ async def test_list_due_spans_conversations_oldest_first_and_skips_inactive(
 
 @pytest.mark.parametrize("limit", [0, -1, 10_001, "10", True])
 async def test_list_methods_refuse_a_bad_limit(repo: WakeScheduleRepository, limit: object) -> None:
-    with pytest.raises(InvalidInputError) as caught:
-        await repo.list_due(NOW, limit=limit)  # type: ignore[arg-type]
-    assert caught.value.field == "limit"
+    conversation_id = uuid.uuid4()
+    calls = [
+        lambda: repo.list_due(NOW, limit=limit),  # type: ignore[arg-type]
+        lambda: repo.list_for_conversation(conversation_id, limit=limit),  # type: ignore[arg-type]
+        lambda: repo.list_active_for_conversation(conversation_id, limit=limit),  # type: ignore[arg-type]
+    ]
+    for call in calls:
+        with pytest.raises(InvalidInputError) as caught:
+            await call()
+        assert caught.value.field == "limit"
+
+
+async def test_a_lost_race_under_repeatable_read_is_a_conflict(
+    wake_engine: AsyncEngine, wake_secrets: SecretBox
+) -> None:
+    sessions = async_sessionmaker(wake_engine, expire_on_commit=False)
+    async with sessions.begin() as session:
+        schedule = await WakeFactory(session, wake_secrets).schedule(next_fire_at=NOW)
+    claim = {
+        "conversation_id": schedule.conversation_id,
+        "schedule_id": schedule.schedule_id,
+        "expected_next_fire": NOW,
+        "computed_next_fire": in_minutes(30),
+        "new_status": "active",
+        "now": NOW,
+    }
+    async with sessions() as first, sessions() as second:
+        await first.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        await second.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        await second.execute(
+            select(WakeSchedule.schedule_id).where(WakeSchedule.conversation_id == schedule.conversation_id)
+        )  # the snapshot is taken before the first claim commits
+        assert await WakeScheduleRepository(first).claim_and_reschedule(**claim) is True  # type: ignore[arg-type]
+        await first.commit()
+        with pytest.raises(ConflictError, match="retry"):
+            await WakeScheduleRepository(second).claim_and_reschedule(**claim)  # type: ignore[arg-type]

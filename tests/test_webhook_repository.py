@@ -63,6 +63,23 @@ async def test_secret_never_appears_in_repr_or_logs(
     assert SECRET not in caplog.text
 
 
+async def test_a_secret_that_cannot_be_encoded_is_refused_without_echoing_it(
+    wake_factory: WakeFactory, wake_session: AsyncSession, wake_secrets: SecretBox
+) -> None:
+    secret = "hunter2-TOPSECRET\ud800"
+    with pytest.raises(InvalidInputError) as caught:
+        await wake_factory.subscription(conversation_id=uuid.uuid4(), secret=secret)
+    assert caught.value.field == "secret"
+    assert "TOPSECRET" not in repr(caught.value)
+    assert caught.value.__cause__ is None
+    assert caught.value.__context__ is None or "TOPSECRET" not in repr(caught.value.__context__)
+    created = await wake_factory.subscription(conversation_id=uuid.uuid4())
+    repo = WebhookSubscriptionRepository(wake_session, wake_secrets)
+    with pytest.raises(InvalidInputError) as caught:
+        await repo.rotate_secret(created.conversation_id, created.subscription_id, new_secret=secret)
+    assert "TOPSECRET" not in repr(caught.value)
+
+
 async def test_create_refuses_a_scheme_that_is_not_a_slug(
     wake_factory: WakeFactory, wake_session: AsyncSession, wake_secrets: SecretBox
 ) -> None:

@@ -62,20 +62,37 @@ def require_choices(field: str, values: Iterable[object], choices: tuple[_Choice
     return accepted
 
 
-def require_text(field: str, value: object, *, max_length: int = 100_000) -> str:
+def require_text(field: str, value: object, *, max_length: int = 100_000, allow_empty: bool = False) -> str:
     if not isinstance(value, str):
         raise InvalidInputError(field, "must be a string")
-    if not value:
+    if not value and not allow_empty:
         raise InvalidInputError(field, "must not be empty")
     if len(value) > max_length:
         raise InvalidInputError(field, f"must be at most {max_length} characters")
     if "\x00" in value:
         raise InvalidInputError(field, "must not contain NUL characters")
+    require_utf8(field, value)
     return value
 
 
-def optional_text(field: str, value: object, *, max_length: int = 100_000) -> str | None:
-    return None if value is None else require_text(field, value, max_length=max_length)
+def optional_text(field: str, value: object, *, max_length: int = 100_000, allow_empty: bool = False) -> str | None:
+    return None if value is None else require_text(field, value, max_length=max_length, allow_empty=allow_empty)
+
+
+def require_utf8(field: str, value: str) -> None:
+    """Refuse text PostgreSQL cannot store (lone surrogates), without echoing it."""
+    if not is_utf8_encodable(value):
+        raise InvalidInputError(field, "must be valid Unicode text (it contains a lone surrogate)")
+
+
+def is_utf8_encodable(value: str) -> bool:
+    # The UnicodeEncodeError carries the whole string; it is dropped here so
+    # that no error raised later can have it as its context.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def require_slug(field: str, value: object) -> str:

@@ -111,8 +111,9 @@ def create_engine_and_session_factory(
 ) -> tuple[AsyncEngine, async_sessionmaker[AsyncSession]]:
     """Build an ``AsyncEngine`` and a session factory for the resolved database.
 
-    ``schema`` puts that PostgreSQL schema first on every connection's
-    ``search_path`` (one copy of the tables per agent schema). Sessions do
+    ``schema`` makes that PostgreSQL schema every connection's whole
+    ``search_path`` (one copy of the tables per agent schema; nothing
+    resolves to ``public`` by accident). Sessions do
     not expire objects on commit, so models stay readable after the caller
     commits. The partition guard is installed in ``partition_guard`` mode
     (see :func:`~agent_wake.partition_guard.install_partition_guard`).

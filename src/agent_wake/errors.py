@@ -67,6 +67,8 @@ _UNIQUE_VIOLATION = "23505"
 _FOREIGN_KEY_VIOLATION = "23503"
 _CHECK_VIOLATION = "23514"
 _NOT_NULL_VIOLATION = "23502"
+# Lost a race with another transaction (REPEATABLE READ / SERIALIZABLE, or a deadlock).
+_RETRYABLE = frozenset({"40001", "40P01"})
 
 
 def _driver_error(exc: sa_exc.DBAPIError) -> Any:
@@ -79,15 +81,19 @@ def _driver_error(exc: sa_exc.DBAPIError) -> Any:
 def translate_database_errors() -> Iterator[None]:
     """Turn integrity errors raised inside the block into agent-wake errors.
 
-    A unique violation becomes :class:`ConflictError`; CHECK, foreign-key and
-    NOT NULL violations become :class:`InvalidInputError` naming the
-    constraint or column. The driver error stays chained as the cause. The
-    statement's values are not repeated in the message, so a secret cannot
-    leak through it.
+    A unique violation, a serialization failure and a deadlock become
+    :class:`ConflictError`; CHECK, foreign-key and NOT NULL violations
+    become :class:`InvalidInputError` naming the constraint or column. The
+    driver error stays chained as the cause. The statement's values are not
+    repeated in the message, so a secret cannot leak through it.
     """
     try:
         yield
-    except sa_exc.IntegrityError as exc:
+    except sa_exc.DBAPIError as exc:
+        if not isinstance(exc, sa_exc.IntegrityError):
+            if getattr(exc.orig, "sqlstate", None) in _RETRYABLE:
+                raise ConflictError("a concurrent transaction changed the same rows; roll back and retry") from exc
+            raise
         sqlstate = getattr(exc.orig, "sqlstate", None)
         driver_error = _driver_error(exc)
         constraint = getattr(driver_error, "constraint_name", None) or "unknown constraint"

@@ -4,7 +4,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import uuid_utils.compat as uuid_utils
 from sqlalchemy import (
@@ -171,7 +171,10 @@ class WakeFireRepository:
         already final are left as they are and not returned. Every outcome
         is validated before the single ``UPDATE ... FROM unnest`` runs.
         """
-        rows = [_success_values(outcome, f"outcomes[{index}].") for index, outcome in enumerate(outcomes)]
+        rows = [
+            _success_values(outcome, f"outcomes[{index}].")
+            for index, outcome in enumerate(_require_outcomes(outcomes, FireSuccess))
+        ]
         return await self._finalize_batch(
             rows,
             {
@@ -185,7 +188,10 @@ class WakeFireRepository:
     async def finalize_failed_batch(self, outcomes: Sequence["FireFailure"]) -> list[WakeFire]:
         """Mark many ``dispatching`` fires ``failed`` in one round trip, like
         :meth:`finalize_success_batch`."""
-        rows = [_failure_values(outcome, f"outcomes[{index}].") for index, outcome in enumerate(outcomes)]
+        rows = [
+            _failure_values(outcome, f"outcomes[{index}].")
+            for index, outcome in enumerate(_require_outcomes(outcomes, FireFailure))
+        ]
         return await self._finalize_batch(rows, {"status": Text(), "error": Text(), "latency_ms": Integer()})
 
     async def list_stale_dispatching(self, older_than: datetime, *, limit: int = 200) -> list[WakeFire]:
@@ -363,6 +369,18 @@ class FireFailure:
     latency_ms: int | None = None
 
 
+_Outcome = TypeVar("_Outcome", FireSuccess, FireFailure)
+
+
+def _require_outcomes(outcomes: object, kind: type[_Outcome]) -> list[_Outcome]:
+    if not isinstance(outcomes, list | tuple):
+        raise InvalidInputError("outcomes", f"must be a list of {kind.__name__}")
+    for index, outcome in enumerate(outcomes):
+        if not isinstance(outcome, kind):
+            raise InvalidInputError(f"outcomes[{index}]", f"must be a {kind.__name__}")
+    return list(outcomes)
+
+
 def _fire_key(outcome: FireSuccess | FireFailure, prefix: str) -> _FireKey:
     return (
         check.require_uuid(f"{prefix}conversation_id", outcome.conversation_id),
@@ -373,7 +391,10 @@ def _fire_key(outcome: FireSuccess | FireFailure, prefix: str) -> _FireKey:
 def _success_values(outcome: FireSuccess, prefix: str) -> tuple[_FireKey, dict[str, Any]]:
     return _fire_key(outcome, prefix), {
         "status": check.require_choice(f"{prefix}status", outcome.status, enums.FINAL_FIRE_STATUSES),
-        "output_text": check.optional_text(f"{prefix}output_text", outcome.output_text, max_length=_MAX_OUTPUT_LENGTH),
+        # An agent may answer with nothing; "" is a real, empty output.
+        "output_text": check.optional_text(
+            f"{prefix}output_text", outcome.output_text, max_length=_MAX_OUTPUT_LENGTH, allow_empty=True
+        ),
         "latency_ms": check.optional_int(f"{prefix}latency_ms", outcome.latency_ms, minimum=0, maximum=_MAX_LATENCY_MS),
         "display_suppressed": check.require_bool(f"{prefix}display_suppressed", outcome.display_suppressed),
     }

@@ -6,13 +6,16 @@ refuses an unknown type and a config that does not fit its model, naming
 the field and the rule.
 """
 
+import json
 import re
 from datetime import datetime
+from functools import cache
 from typing import Annotated, Any, Final
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+from zoneinfo import available_timezones
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from agent_wake._validation import require_utf8
 from agent_wake.errors import InvalidInputError
 
 __all__ = [
@@ -29,13 +32,15 @@ __all__ = [
 ]
 
 
+@cache
+def _zone_keys() -> frozenset[str]:
+    # Listing the zones walks the tz database; once per process is enough.
+    return frozenset(available_timezones())
+
+
 def _time_zone(name: str) -> str:
-    # ZoneInfo also accepts file paths such as "../etc"; only real zone keys pass.
-    if name not in available_timezones():
-        try:
-            ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {name!r}") from exc
+    # Only real zone keys: ZoneInfo itself would also take paths such as "../etc".
+    if name not in _zone_keys():
         raise ValueError(f"unknown time zone {name!r}")
     return name
 
@@ -60,7 +65,8 @@ _CRON_FIELDS: Final = (
 def _cron_value(token: str, lowest: int, highest: int, names: tuple[str, ...], field: str) -> int:
     if token.lower() in names:
         return names.index(token.lower()) + lowest
-    if not token.isdigit():
+    # isdigit() alone would take other scripts' digits, such as "٣".
+    if not (token.isascii() and token.isdigit()):
         raise ValueError(f"{field}: {token!r} is not a number")
     value = int(token)
     if not lowest <= value <= highest:
@@ -86,12 +92,18 @@ def _cron_expression(expr: str) -> str:
     return " ".join(parts)
 
 
-_DELAY = re.compile(r"^([1-9][0-9]*)([smhd])$")
+_DELAY = re.compile(r"^([1-9][0-9]{0,9})([smhd])$")
+_SECONDS_PER_UNIT: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+# Beyond ten years a schedule is a mistake, and datetime arithmetic overflows soon after.
+MAX_SCHEDULE_SECONDS: Final = 10 * 366 * 86_400
 
 
 def _delay(value: str) -> str:
-    if not _DELAY.match(value):
+    match = _DELAY.match(value)
+    if not match:
         raise ValueError("must be a positive whole number followed by s, m, h or d, like '30m'")
+    if int(match[1]) * _SECONDS_PER_UNIT[match[2]] > MAX_SCHEDULE_SECONDS:
+        raise ValueError("must be at most ten years")
     return value
 
 
@@ -106,9 +118,10 @@ def _aware_iso(value: str) -> str:
 
 
 class ScheduleConfig(BaseModel):
-    """Base of the ``schedule_config`` models: unknown keys are refused."""
+    """Base of the ``schedule_config`` models: unknown keys are refused, and
+    values must already have their type ("14" is not an hour, nor is True)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class DailyAtConfig(ScheduleConfig):
@@ -161,7 +174,7 @@ class RelativeDelayConfig(ScheduleConfig):
 class IntervalConfig(ScheduleConfig):
     """``interval``: every ``seconds`` seconds."""
 
-    seconds: int = Field(ge=1)
+    seconds: int = Field(ge=1, le=MAX_SCHEDULE_SECONDS)
 
 
 _registry: dict[str, type[BaseModel]] = {
@@ -199,9 +212,19 @@ def validate_schedule_config(schedule_type: str, config: Any) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise InvalidInputError("schedule_config", "must be a JSON object (a dict)")
     try:
-        return model.model_validate(config).model_dump(mode="json")
+        validated = model.model_validate(config).model_dump(mode="json")
     except ValidationError as exc:
         error = exc.errors()[0]
         location = ".".join(str(part) for part in error["loc"])
         field = f"schedule_config.{location}" if location else "schedule_config"
         raise InvalidInputError(field, f"{error['msg']} (schedule_type {schedule_type!r})") from exc
+    _require_storable_json(validated)
+    return validated
+
+
+def _require_storable_json(config: dict[str, Any]) -> None:
+    # jsonb refuses \u0000 and lone surrogates; an application's own model may let them through.
+    text = json.dumps(config, ensure_ascii=False)
+    if "\\u0000" in text:
+        raise InvalidInputError("schedule_config", "must not contain NUL characters")
+    require_utf8("schedule_config", text)

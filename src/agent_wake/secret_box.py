@@ -9,6 +9,7 @@ import secrets
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
+from agent_wake._validation import require_utf8
 from agent_wake.errors import InvalidInputError, SecretDecryptionError
 
 __all__ = ["SecretBox"]
@@ -52,6 +53,9 @@ class SecretBox:
 
     def encrypt(self, plaintext: str) -> bytes:
         """Fernet ciphertext of ``plaintext`` under the first key."""
+        if not isinstance(plaintext, str):
+            raise InvalidInputError("plaintext", "must be a string")
+        require_utf8("plaintext", plaintext)
         return self._fernet.encrypt(plaintext.encode("utf-8"))
 
     def decrypt(self, ciphertext: bytes) -> str:

@@ -34,6 +34,7 @@ def _require_secret(field: str, value: object) -> str:
         raise InvalidInputError(field, "must be a non-empty string")
     if len(value) > _MAX_SECRET_LENGTH:
         raise InvalidInputError(field, f"must be at most {_MAX_SECRET_LENGTH} characters")
+    check.require_utf8(field, value)
     return value
 
 
