@@ -13,6 +13,7 @@ from sqlalchemy import (
     Integer,
     Text,
     any_,
+    bindparam,
     func,
     insert,
     literal,
@@ -37,6 +38,23 @@ _MAX_OUTPUT_LENGTH: Final = 1_000_000
 _MAX_LATENCY_MS: Final = 2**31 - 1
 # (conversation_id, fire_id)
 _FireKey = tuple[uuid.UUID, uuid.UUID]
+
+# The hottest reads are built once, with bind parameters: a call then skips
+# building the statement and its cache key.
+_GET: Final = select(WakeFire).where(
+    WakeFire.conversation_id == bindparam("conversation_id"), WakeFire.fire_id == bindparam("fire_id")
+)
+_LIST_FOR_CONVERSATION: Final = (
+    select(WakeFire)
+    .where(WakeFire.conversation_id == bindparam("conversation_id"))
+    .order_by(WakeFire.actual_fired_at.desc(), WakeFire.fire_id.desc())
+    .limit(bindparam("limit", type_=Integer))
+)
+_COUNT_IN_WINDOW: Final = (
+    select(func.count())
+    .select_from(WakeFire)
+    .where(WakeFire.conversation_id == bindparam("conversation_id"), WakeFire.actual_fired_at >= bindparam("since"))
+)
 
 
 def _this_fire(conversation_id: uuid.UUID, fire_id: uuid.UUID) -> ColumnElement[bool]:
@@ -215,13 +233,11 @@ class WakeFireRepository:
 
     async def get(self, conversation_id: uuid.UUID, fire_id: uuid.UUID) -> WakeFire | None:
         """The fire, or ``None`` when this conversation has no such fire."""
-        statement = select(WakeFire).where(
-            _this_fire(
-                check.require_uuid("conversation_id", conversation_id),
-                check.require_uuid("fire_id", fire_id),
-            )
-        )
-        return (await self._session.scalars(statement)).one_or_none()
+        parameters = {
+            "conversation_id": check.require_uuid("conversation_id", conversation_id),
+            "fire_id": check.require_uuid("fire_id", fire_id),
+        }
+        return (await self._session.scalars(_GET, parameters)).one_or_none()
 
     async def list_for_schedule(
         self, conversation_id: uuid.UUID, schedule_id: uuid.UUID, *, limit: int = 50
@@ -240,13 +256,11 @@ class WakeFireRepository:
 
     async def list_for_conversation(self, conversation_id: uuid.UUID, *, limit: int = 50) -> list[WakeFire]:
         """The conversation's fires from every source, newest first."""
-        statement = (
-            select(WakeFire)
-            .where(WakeFire.conversation_id == check.require_uuid("conversation_id", conversation_id))
-            .order_by(WakeFire.actual_fired_at.desc(), WakeFire.fire_id.desc())
-            .limit(check.require_limit(limit))
-        )
-        return list(await self._session.scalars(statement))
+        parameters = {
+            "conversation_id": check.require_uuid("conversation_id", conversation_id),
+            "limit": check.require_limit(limit),
+        }
+        return list(await self._session.scalars(_LIST_FOR_CONVERSATION, parameters))
 
     async def latest_for_schedule(
         self,
@@ -280,19 +294,16 @@ class WakeFireRepository:
         statuses: Iterable[enums.FireStatus] | None = None,
     ) -> int:
         """How many fires the conversation had at or after ``since`` (for rate limits and caps)."""
-        statement = (
-            select(func.count())
-            .select_from(WakeFire)
-            .where(
-                WakeFire.conversation_id == check.require_uuid("conversation_id", conversation_id),
-                WakeFire.actual_fired_at >= check.require_aware("since", since),
-            )
-        )
+        parameters = {
+            "conversation_id": check.require_uuid("conversation_id", conversation_id),
+            "since": check.require_aware("since", since),
+        }
+        statement = _COUNT_IN_WINDOW
         if statuses is not None:
             statement = statement.where(
                 WakeFire.status.in_(check.require_choices("statuses", statuses, enums.FIRE_STATUSES))
             )
-        return int((await self._session.execute(statement)).scalar_one())
+        return int((await self._session.execute(statement, parameters)).scalar_one())
 
     async def _finalize(self, conversation_id: Any, fire_id: Any, values: dict[str, Any]) -> WakeFire:
         conversation_id = check.require_uuid("conversation_id", conversation_id)
