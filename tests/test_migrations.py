@@ -4,7 +4,6 @@ from a checkout, against a fresh database."""
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -12,16 +11,15 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.conftest import ScratchDatabases
+from tests.host_project import write_host_project
 
 REPO = Path(__file__).resolve().parent.parent
 WAKE_TABLES = {"agent_wake_schedules", "wake_fires", "webhook_subscriptions"}
 UPSTREAM_TABLES = {"conversations", "agent_skills"}
 
 
-def alembic(
-    *args: str, url: str, cwd: Path = REPO, extra_env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "AGENT_WAKE_DATABASE_URL": url, **(extra_env or {})}
+def alembic(*args: str, url: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "AGENT_WAKE_DATABASE_URL": url}
     result = subprocess.run([sys.executable, "-m", "alembic", *args], cwd=cwd, env=env, capture_output=True, text=True)
     assert result.returncode == 0, f"alembic {' '.join(args)} failed:\n{result.stderr}"
     return result
@@ -142,96 +140,13 @@ def test_schema_option_refuses_a_name_that_is_not_an_identifier() -> None:
     assert "schema: must be a lower-case identifier" in result.stderr
 
 
-HOST_ENV = """
-import asyncio
-import os
-
-from alembic import context
-from sqlalchemy import pool
-from sqlalchemy.ext.asyncio import create_async_engine
-
-
-def run(connection):
-    context.configure(connection=connection, target_metadata=None)
-    with context.begin_transaction():
-        context.run_migrations()
-
-
-async def main():
-    engine = create_async_engine(os.environ["HOST_DATABASE_URL"], poolclass=pool.NullPool)
-    async with engine.connect() as connection:
-        await connection.run_sync(run)
-    await engine.dispose()
-
-
-asyncio.run(main())
-"""
-
-HOST_TABLES_REVISION = '''
-"""The host's own conversations and agent_skills, with an extra column each."""
-from alembic import op
-
-revision = "host_0001"
-down_revision = None
-branch_labels = ("host",)
-depends_on = None
-
-
-def upgrade():
-    op.execute(
-        "CREATE TABLE conversations (agent_id uuid NOT NULL, conversation_id uuid NOT NULL, "
-        "user_id uuid NOT NULL, title text, date_created timestamptz NOT NULL DEFAULT now(), "
-        "PRIMARY KEY (agent_id, conversation_id))"
-    )
-    op.execute(
-        "CREATE TABLE agent_skills (agent_id uuid NOT NULL, skill_id uuid NOT NULL UNIQUE, "
-        "user_id uuid NOT NULL, name text NOT NULL, prompt text, "
-        "PRIMARY KEY (agent_id, skill_id))"
-    )
-
-
-def downgrade():
-    op.execute("DROP TABLE agent_skills")
-    op.execute("DROP TABLE conversations")
-'''
-
-HOST_UPSTREAM_REVISION = """
-revision = "agent_wake_upstream"
-down_revision = "host_0001"
-branch_labels = None
-depends_on = None
-
-
-def upgrade():
-    pass
-
-
-def downgrade():
-    pass
-"""
-
-
 async def test_host_application_plugs_in_only_the_agent_wake_branch(
     scratch_databases: ScratchDatabases, tmp_path: Path
 ) -> None:
     url = await scratch_databases.create()
-    (tmp_path / "migrations" / "versions").mkdir(parents=True)
-    (tmp_path / "alembic.ini").write_text(
-        textwrap.dedent(
-            """\
-            [alembic]
-            script_location = %(here)s/migrations
-            version_locations = %(here)s/migrations/versions agent_wake:migrations/versions
-            path_separator = space
-            """
-        )
-    )
-    (tmp_path / "migrations" / "env.py").write_text(HOST_ENV)
-    (tmp_path / "migrations" / "versions" / "host_0001.py").write_text(HOST_TABLES_REVISION)
-    (tmp_path / "migrations" / "versions" / "agent_wake_upstream.py").write_text(HOST_UPSTREAM_REVISION)
-    host_env = {"HOST_DATABASE_URL": url}
-    alembic("upgrade", "heads", url=url, cwd=tmp_path, extra_env=host_env)
+    write_host_project(tmp_path)
+    alembic("-x", f"url={url}", "upgrade", "heads", url=url, cwd=tmp_path)
     assert await tables(url) == WAKE_TABLES | UPSTREAM_TABLES
     assert await versions(url) == {"agent_wake_0007"}
-    alembic("downgrade", "agent_wake_upstream", url=url, cwd=tmp_path, extra_env=host_env)
+    alembic("-x", f"url={url}", "downgrade", "agent_wake_upstream", url=url, cwd=tmp_path)
     assert await tables(url) == UPSTREAM_TABLES

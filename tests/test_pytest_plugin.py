@@ -10,6 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from agent_wake.pytest_plugin import _from_testcontainers, start_test_server
+from tests.host_project import write_host_project
 
 pytest_plugins = ["pytester"]
 
@@ -90,74 +91,6 @@ def test_a_suite_that_asks_for_no_wake_fixture_starts_nothing(pytester: pytest.P
     assert "agent-wake test database" not in result.stdout.str()
 
 
-HOST_ENV = """
-import asyncio
-
-from alembic import context
-from sqlalchemy import pool
-from sqlalchemy.ext.asyncio import create_async_engine
-
-
-def run(connection):
-    context.configure(connection=connection, target_metadata=None)
-    with context.begin_transaction():
-        context.run_migrations()
-
-
-async def main():
-    url = context.config.get_main_option("sqlalchemy.url")
-    engine = create_async_engine(url, poolclass=pool.NullPool)
-    async with engine.connect() as connection:
-        await connection.run_sync(run)
-    await engine.dispose()
-
-
-asyncio.run(main())
-"""
-
-HOST_TABLES = """
-from alembic import op
-
-revision = "host_0001"
-down_revision = None
-branch_labels = ("host",)
-depends_on = None
-
-
-def upgrade():
-    op.execute(
-        "CREATE TABLE conversations (agent_id uuid NOT NULL, conversation_id uuid NOT NULL, "
-        "user_id uuid NOT NULL, title text NOT NULL DEFAULT 'untitled', "
-        "date_created timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (agent_id, conversation_id))"
-    )
-    op.execute(
-        "CREATE TABLE agent_skills (agent_id uuid NOT NULL, skill_id uuid NOT NULL UNIQUE, "
-        "user_id uuid NOT NULL, name text NOT NULL, enabled boolean NOT NULL DEFAULT true, "
-        "date_created timestamptz NOT NULL DEFAULT now(), date_updated timestamptz NOT NULL DEFAULT now(), "
-        "PRIMARY KEY (agent_id, skill_id))"
-    )
-
-
-def downgrade():
-    op.execute("DROP TABLE agent_skills")
-    op.execute("DROP TABLE conversations")
-"""
-
-HOST_UPSTREAM = """
-revision = "agent_wake_upstream"
-down_revision = "host_0001"
-branch_labels = None
-depends_on = None
-
-
-def upgrade():
-    pass
-
-
-def downgrade():
-    pass
-"""
-
 HOST_TEST = """
 import pytest
 from sqlalchemy import text
@@ -182,16 +115,7 @@ def test_downstream_project_migrates_with_its_own_alembic_environment(pytester: 
         "[pytest]\nasyncio_mode = strict\nasyncio_default_fixture_loop_scope = function\n"
         "agent_wake_alembic_ini = alembic.ini\n"
     )
-    (pytester.path / "alembic.ini").write_text(
-        "[alembic]\nscript_location = %(here)s/migrations\n"
-        "version_locations = %(here)s/migrations/versions agent_wake:migrations/versions\n"
-        "path_separator = space\n"
-    )
-    versions = pytester.path / "migrations" / "versions"
-    versions.mkdir(parents=True)
-    (pytester.path / "migrations" / "env.py").write_text(HOST_ENV)
-    (versions / "host_0001.py").write_text(HOST_TABLES)
-    (versions / "agent_wake_upstream.py").write_text(HOST_UPSTREAM)
+    write_host_project(pytester.path)
     pytester.makepyfile(test_host=HOST_TEST)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
