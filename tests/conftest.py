@@ -6,20 +6,9 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from agent_wake.pytest_plugin import TestServer
-
-
-async def _admin(url: str, statement: str) -> None:
-    engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as connection:
-            await connection.execute(text(statement))
-    finally:
-        await engine.dispose()
+from agent_wake.pytest_plugin import TestServer, _execute_autocommit
 
 
 class ScratchDatabases:
@@ -31,13 +20,13 @@ class ScratchDatabases:
 
     async def create(self) -> str:
         name = f"agent_wake_scratch_{uuid.uuid4().hex[:12]}"
-        await _admin(self.server, f'CREATE DATABASE "{name}"')
+        await _execute_autocommit(self.server, f'CREATE DATABASE "{name}"')
         self.names.append(name)
         return make_url(self.server).set(database=name).render_as_string(hide_password=False)
 
     async def drop_all(self) -> None:
         for name in self.names:
-            await _admin(self.server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await _execute_autocommit(self.server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

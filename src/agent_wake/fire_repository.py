@@ -168,7 +168,7 @@ class WakeFireRepository:
         UPDATE; one more SELECT only in that already-final case.
         """
         outcome = FireSuccess(conversation_id, fire_id, status, output_text, latency_ms, display_suppressed)
-        return await self._finalize(conversation_id, fire_id, _success_values(outcome, "")[1])
+        return await self._finalize(*_success_values(outcome, ""))
 
     async def finalize_failed(
         self,
@@ -180,7 +180,7 @@ class WakeFireRepository:
     ) -> WakeFire:
         """Move a ``dispatching`` fire to ``failed`` with ``error``; harmless on a final fire."""
         outcome = FireFailure(conversation_id, fire_id, error, latency_ms)
-        return await self._finalize(conversation_id, fire_id, _failure_values(outcome, "")[1])
+        return await self._finalize(*_failure_values(outcome, ""))
 
     async def finalize_success_batch(self, outcomes: Sequence["FireSuccess"]) -> list[WakeFire]:
         """Finalize many ``dispatching`` fires (any conversations) in one round trip.
@@ -305,9 +305,8 @@ class WakeFireRepository:
             )
         return int((await self._session.execute(statement, parameters)).scalar_one())
 
-    async def _finalize(self, conversation_id: Any, fire_id: Any, values: dict[str, Any]) -> WakeFire:
-        conversation_id = check.require_uuid("conversation_id", conversation_id)
-        fire_id = check.require_uuid("fire_id", fire_id)
+    async def _finalize(self, key: _FireKey, values: dict[str, Any]) -> WakeFire:
+        conversation_id, fire_id = key
         statement = (
             update(WakeFire)
             .where(_this_fire(conversation_id, fire_id), WakeFire.status == "dispatching")
