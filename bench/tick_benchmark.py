@@ -3,14 +3,18 @@
 Seeds a scratch database with COPY (at --scale 1: 100,000 schedules and
 1,000,000 fires over 10,000 conversations), then measures:
 
-- operations per second of each hot path through the repository (a session
-  from ``create_engine_and_session_factory``, partition guard on) and
-  through raw asyncpg running the same SQL with the same parameters, one
-  transaction per operation on both sides, in rounds that alternate which
-  side goes first (median of the rounds, after a warm-up round). The SQL is
-  captured from the repository with a ``before_cursor_execute`` listener and
-  replayed; the replayed statements and parameters are checked equal to what
-  the repository sends for a second sample call before anything is timed;
+- operations per second of each hot path on three sides, one transaction
+  per operation on each, in rounds that rotate which side goes first
+  (median of the rounds, after a warm-up round):
+  the repository (a session from ``create_engine_and_session_factory``,
+  partition guard on); raw asyncpg running the same SQL with the same
+  parameters; and that same SQL sent through SQLAlchemy itself
+  (``exec_driver_sql`` on the connection of a session from the same
+  factory, guard on, rows fetched), which is the floor of any repository
+  built on SQLAlchemy sessions. The SQL is captured from the repository
+  with a ``before_cursor_execute`` listener and replayed; the replayed
+  statements and parameters are checked equal to what the repository sends
+  for a second sample call before anything is timed;
 - claims per second of ``claim_due(limit=200)`` with 1, 2, 4 and 8 worker
   processes, each with its own engine, from the same due pool each time,
   until no due schedule is left (and that every due schedule was claimed once);
@@ -55,7 +59,7 @@ import asyncpg
 from alembic import command
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from uuid_utils.compat import uuid7
 
 from agent_wake import (
@@ -66,6 +70,7 @@ from agent_wake import (
     alembic_config,
     create_engine_and_session_factory,
     resolve_database_url,
+    spans_partitions,
 )
 
 SCHEDULES, FIRES, CONVERSATIONS = 100_000, 1_000_000, 10_000
@@ -75,6 +80,7 @@ BLOCK = 1_000  # operations per side per round, every path but claim_due
 CLAIM_LIMIT = 200
 CLAIM_BLOCK = 10  # claim_due calls per side per round
 WARMUP_ROUNDS = 1
+SIDES = ("repository", "sqlalchemy", "raw")
 WORKER_COUNTS = (1, 2, 4, 8)
 SCALING_POOL = 20_000  # due schedules per worker count, at --scale 1
 NEXT_FIRE_DELAY = timedelta(hours=1)
@@ -281,6 +287,7 @@ class HotPath:
     batch: bool
     block: int
     repository: Op
+    sqlalchemy: Op  # the captured SQL through SQLAlchemy's exec_driver_sql: the floor under the repository
     raw: Op
     statements: list[Statement]  # as captured, with real parameters: what EXPLAIN is run on
     prepare: Callable[[], Awaitable[None]] | None = None
@@ -418,12 +425,23 @@ async def replayed(recipe: Recipe, engine: AsyncEngine, sessions: Sessions, conn
         async with sessions.begin() as session:
             await recipe.call(session, recipe.args(i))
 
+    async def through_sqlalchemy(i: int) -> None:
+        async with sessions.begin() as session:
+            connection = await session.connection()
+            for sql, params in fill(template, recipe.args(i)):
+                await fetched_through_sqlalchemy(connection, sql, params)
+
     async def raw(i: int) -> None:
         async with conn.transaction():
             for sql, params in fill(template, recipe.args(i)):
                 await conn.fetch(sql, *params)
 
-    return HotPath(recipe.name, recipe.batch, BLOCK, through_repository, raw, captured)
+    return HotPath(recipe.name, recipe.batch, BLOCK, through_repository, through_sqlalchemy, raw, captured)
+
+
+async def fetched_through_sqlalchemy(connection: AsyncConnection, sql: str, params: tuple[Any, ...]) -> list[Any]:
+    result = await connection.exec_driver_sql(sql, params)
+    return list(result.all()) if result.returns_rows else []
 
 
 def one_hour_later(schedule: WakeSchedule, now: datetime) -> datetime:
@@ -496,41 +514,56 @@ async def claim_path(
         async with sessions.begin() as session:
             require_full_batch(len(await claim(session, tick)))
 
+    lock_params = tuple(value for _, value in lock_slots)
+
+    async def through_sqlalchemy(i: int) -> None:
+        async with sessions.begin() as session:
+            connection = await session.connection(execution_options=spans_partitions("benchmark: claim_due floor"))
+            rows = await fetched_through_sqlalchemy(connection, lock_sql, lock_params)
+            require_full_batch(len(rows))
+            due = [(row.conversation_id, row.schedule_id, row.next_fire_at) for row in rows]
+            for sql, params in fill(writes, claim_columns(due, [uuid7() for _ in due], tick)):
+                await fetched_through_sqlalchemy(connection, sql, params)
+
     async def raw(i: int) -> None:
         async with conn.transaction():
-            rows = await conn.fetch(lock_sql, *(value for _, value in lock_slots))
+            rows = await conn.fetch(lock_sql, *lock_params)
             require_full_batch(len(rows))
             due = [(row["conversation_id"], row["schedule_id"], row["next_fire_at"]) for row in rows]
             for sql, params in fill(writes, claim_columns(due, [uuid7() for _ in due], tick)):
                 await conn.fetch(sql, *params)
 
-    return HotPath(f"claim_due({CLAIM_LIMIT})", True, CLAIM_BLOCK, through_repository, raw, captured, prepare)
+    return HotPath(
+        f"claim_due({CLAIM_LIMIT})", True, CLAIM_BLOCK, through_repository, through_sqlalchemy, raw, captured, prepare
+    )
 
 
 async def measure(path: HotPath, rounds: int) -> dict[str, Any]:
     print(f"measuring {path.name} ...", file=sys.stderr)
-    rates: dict[str, list[float]] = {"repository": [], "raw": []}
+    rates: dict[str, list[float]] = {side: [] for side in SIDES}
     for round_index in range(WARMUP_ROUNDS + rounds):
         if path.prepare is not None:
             await path.prepare()
-        sides = [("repository", path.repository), ("raw", path.raw)]
-        if round_index % 2:
-            sides.reverse()
-        for side, operation in sides:
+        first_side = round_index % len(SIDES)
+        for side in SIDES[first_side:] + SIDES[:first_side]:
+            operation: Op = getattr(path, side)
             first = round_index * path.block
             began = time.perf_counter()
             for i in range(first, first + path.block):
                 await operation(i)
             if round_index >= WARMUP_ROUNDS:
                 rates[side].append(path.block / (time.perf_counter() - began))
-    repository, raw = statistics.median(rates["repository"]), statistics.median(rates["raw"])
+    repository, floor, raw = (statistics.median(rates[side]) for side in SIDES)
     target = BATCH_TARGET if path.batch else SINGLE_ROW_TARGET
     return {
         "path": path.name,
         "kind": "batch" if path.batch else "single-row",
         "repository_ops_s": repository,
+        "sqlalchemy_ops_s": floor,
         "raw_ops_s": raw,
         "ratio": repository / raw,
+        "sqlalchemy_ratio": floor / raw,
+        "repository_vs_sqlalchemy": repository / floor,
         "target": target,
         "met": repository / raw >= target,
         "rounds_ops_s": rates,
@@ -643,7 +676,7 @@ async def benchmark(url: str, scale: float, rounds: int) -> dict[str, Any]:
         seed_seconds = time.monotonic() - began
         async with sessions.begin() as session:  # first connect: the dialect's set-up queries stay out of captures
             await session.execute(text("SELECT 1"))
-        claim_pool_size, scaling_pool_size = 2 * CLAIM_BLOCK * CLAIM_LIMIT, round(SCALING_POOL * scale)
+        claim_pool_size, scaling_pool_size = len(SIDES) * CLAIM_BLOCK * CLAIM_LIMIT, round(SCALING_POOL * scale)
         if len(seeded.active) < max(claim_pool_size, scaling_pool_size):
             raise SystemExit(f"--scale {scale} leaves too few active schedules for the claim pools")
         # Periods within the hour before the tick: no seeded fire is that recent.
@@ -679,9 +712,10 @@ async def benchmark(url: str, scale: float, rounds: int) -> dict[str, Any]:
         },
         "method": (
             f"ops/s = median of {rounds} rounds of {BLOCK} operations ({CLAIM_BLOCK} for claim_due) per side, "
-            "sides alternating first, after a warm-up round; one transaction per operation on both sides; "
+            "the side going first rotating, after a warm-up round; one transaction per operation on every side; "
             "raw = the repository's SQL captured with before_cursor_execute and replayed with conn.fetch, "
-            "parameters checked equal to the repository's"
+            "parameters checked equal to the repository's; sqlalchemy = that SQL replayed with exec_driver_sql "
+            "on a session's connection (guard on), the floor of any SQLAlchemy-session repository"
         ),
         "paths": results,
         "scaling": scaling,
@@ -714,11 +748,16 @@ def print_report(report: dict[str, Any]) -> None:
         f"; {data['schedules']:,} schedules ({data['active_schedules']:,} active), {data['fires']:,} fires, "
         f"{data['conversations']:,} conversations"
     )
-    print(f"\n{'path':<30}{'repository ops/s':>18}{'raw ops/s':>12}{'ratio':>8}{'target':>8}{'met?':>6}")
+    print(
+        f"\n{'path':<30}{'repository':>11}{'sqlalchemy':>11}{'raw':>8}  (ops/s)"
+        f"{'repo/raw':>10}{'target':>8}{'met?':>6}{'sqla/raw':>10}{'repo/sqla':>11}"
+    )
     for row in report["paths"]:
         print(
-            f"{row['path']:<30}{row['repository_ops_s']:>18,.0f}{row['raw_ops_s']:>12,.0f}"
-            f"{row['ratio']:>8.2f}{row['target']:>8.1f}{'yes' if row['met'] else 'NO':>6}"
+            f"{row['path']:<30}{row['repository_ops_s']:>11,.0f}{row['sqlalchemy_ops_s']:>11,.0f}"
+            f"{row['raw_ops_s']:>8,.0f}{'':9}{row['ratio']:>10.2f}{row['target']:>8.1f}"
+            f"{'yes' if row['met'] else 'NO':>6}{row['sqlalchemy_ratio']:>10.2f}"
+            f"{row['repository_vs_sqlalchemy']:>11.2f}"
         )
     print(f"\n{'claim_due(200) workers':<30}{'claimed':>18}{'seconds':>12}{'claims/s':>10}{'vs 1':>8}")
     for row in report["scaling"]:

@@ -89,6 +89,33 @@ async def test_claim_due_writes_a_fire_per_schedule_and_reschedules(
     assert await WakeScheduleRepository(wake_session).claim_due(NOW, limit=10, next_fire=hourly_coalesce) == []
 
 
+async def test_claimed_schedules_show_what_was_stored_with_nothing_left_to_flush(
+    wake_factory: WakeFactory, wake_session: AsyncSession
+) -> None:
+    await wake_factory.schedule(next_fire_at=NOW - HOUR)
+    await wake_factory.schedule(
+        schedule_type="one_shot_at", schedule_config={"fire_at_iso": NOW.isoformat()}, next_fire_at=NOW
+    )
+    claims = await WakeScheduleRepository(wake_session).claim_due(
+        NOW, limit=10, next_fire=lambda schedule, now: None if schedule.schedule_type == "one_shot_at" else now + HOUR
+    )
+    assert len(claims) == 2
+    assert not wake_session.dirty
+    for claim in claims:
+        stored = (
+            await wake_session.execute(
+                text(
+                    "SELECT status, next_fire_at, last_fired_at, date_updated FROM agent_wake_schedules "
+                    "WHERE conversation_id = :c AND schedule_id = :s"
+                ),
+                {"c": claim.schedule.conversation_id, "s": claim.schedule.schedule_id},
+            )
+        ).one()
+        schedule = claim.schedule
+        assert (schedule.status, schedule.next_fire_at, schedule.last_fired_at, schedule.date_updated) == tuple(stored)
+    assert {claim.schedule.status for claim in claims} == {"active", "expired"}
+
+
 async def test_claim_due_takes_the_oldest_first_up_to_the_limit(
     wake_factory: WakeFactory, wake_session: AsyncSession
 ) -> None:

@@ -374,12 +374,13 @@ class WakeScheduleRepository:
         if not planned:
             return []
         with translate_database_errors():
-            fires = {
+            fires: dict[uuid.UUID | None, WakeFire] = {
                 fire.schedule_id: fire
                 for fire in await self._session.scalars(_claiming.fire_insert_statement(planned, now))
             }
-            await self._session.scalars(_claiming.rescheduling_statement(planned, now))
-        # populate_existing refreshed the planned schedules in place; keep their oldest-first order.
+            rescheduled = await self._session.execute(_claiming.rescheduling_statement(planned, now))
+            _claiming.apply_rescheduled(planned, rescheduled.all())
+        # The planned schedules were updated in place; keep their oldest-first order.
         return [
             ClaimedFire(claim.schedule, fires[claim.schedule.schedule_id])
             for claim in planned
