@@ -242,6 +242,23 @@ async def test_pause_clears_next_fire_at(
     assert (paused.status, paused.next_fire_at) == ("paused", None)
 
 
+async def test_a_write_refreshes_the_object_the_session_already_holds(
+    wake_factory: WakeFactory, repo: WakeScheduleRepository, wake_session: AsyncSession
+) -> None:
+    held = await wake_factory.schedule(conversation_id=uuid.uuid4())
+    paused = await repo.pause(held.conversation_id, held.schedule_id)
+    assert paused is held
+    assert (held.status, held.next_fire_at) == ("paused", None)
+    stored_updated = (
+        await wake_session.execute(
+            text("SELECT date_updated FROM agent_wake_schedules WHERE conversation_id = :c AND schedule_id = :s"),
+            {"c": held.conversation_id, "s": held.schedule_id},
+        )
+    ).scalar_one()
+    assert held.date_updated == stored_updated
+    assert not wake_session.dirty
+
+
 async def test_resume_sets_the_next_fire(
     wake_factory: WakeFactory, repo: WakeScheduleRepository, wake_session: AsyncSession
 ) -> None:

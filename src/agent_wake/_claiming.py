@@ -10,17 +10,18 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 import uuid_utils.compat as uuid_utils
-from sqlalchemy import DateTime, Row, Select, Table, Text, any_, literal, select, update
+from sqlalchemy import DateTime, Row, Select, Text, any_, literal, select, update
 from sqlalchemy.dialects.postgresql import ARRAY, UUID, insert
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.dml import Update
-from sqlalchemy.sql.selectable import ExecutableReturnsRows
+from sqlalchemy.sql.selectable import TypedReturnsRows
 
 from agent_wake import _validation as check
 from agent_wake._batch import unnest_rows
+from agent_wake._returning import returning_objects, table_of
 from agent_wake.errors import InvalidInputError
 from agent_wake.models import WakeFire, WakeSchedule
 from agent_wake.partition_guard import spans_partitions
@@ -79,17 +80,16 @@ def _checked_next_fire(schedule: WakeSchedule, following: object) -> datetime | 
     return checked
 
 
-# The writes are Core statements on the tables, not ORM-enabled DML: the ORM's
-# bulk INSERT/UPDATE ... RETURNING machinery cost more client time than the
-# rest of a 200-schedule claim together (tick benchmark). The fires are still
-# loaded as ORM objects (``from_statement``), and the claimed schedules get
-# the values their UPDATE stored, so callers see what a reload would show.
-_FIRES = cast(Table, WakeFire.__table__)
-_SCHEDULES = cast(Table, WakeSchedule.__table__)
+# The writes are Core DML on the tables (see _returning). The claimed
+# schedules are already loaded: the UPDATE returns only what it changed, and
+# that is written into them, so callers see what a reload would show without
+# decoding every config a second time.
+_FIRES = table_of(WakeFire)
+_SCHEDULES = table_of(WakeSchedule)
 _RESCHEDULED_COLUMNS = ("status", "next_fire_at", "last_fired_at", "date_updated")
 
 
-def fire_insert_statement(planned: list[PlannedClaim], now: datetime) -> ExecutableReturnsRows:
+def fire_insert_statement(planned: list[PlannedClaim], now: datetime) -> TypedReturnsRows[WakeFire]:
     """One ``dispatching`` fire per claim, loaded as ORM objects; a period that already has its fire gets none."""
     rows = unnest_rows(
         "claimed_fire",
@@ -117,9 +117,8 @@ def fire_insert_statement(planned: list[PlannedClaim], now: datetime) -> Executa
             index_elements=["conversation_id", "schedule_id", "scheduled_fire_at"],
             index_where=_FIRES.c.schedule_id.is_not(None),
         )
-        .returning(*_FIRES.c)
     )
-    return select(WakeFire).from_statement(inserted)
+    return returning_objects(WakeFire, inserted)
 
 
 def rescheduling_statement(planned: list[PlannedClaim], now: datetime) -> Update:

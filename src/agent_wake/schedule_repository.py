@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from agent_wake import _claiming, enums
 from agent_wake import _validation as check
+from agent_wake._returning import returning_objects, table_of
 from agent_wake.errors import (
     ConflictError,
     InvalidInputError,
@@ -37,6 +38,7 @@ class ClaimedFire:
     fire: WakeFire
 
 
+_SCHEDULES: Final = table_of(WakeSchedule)
 _MAX_PROMPT_LENGTH: Final = 100_000
 _MAX_NAME_LENGTH: Final = 500
 # Statuses a schedule can be created in; "expired" is reached only by firing.
@@ -309,15 +311,15 @@ class WakeScheduleRepository:
             raise InvalidInputError("computed_next_fire", "is required when new_status is 'active'")
         if new_status != "active" and computed_next_fire is not None:
             raise InvalidInputError("computed_next_fire", "must be None unless new_status is 'active'")
-        statement = (
-            update(WakeSchedule)
+        statement = returning_objects(
+            WakeSchedule,
+            update(_SCHEDULES)
             .where(
                 _this_schedule(conversation_id, schedule_id),
                 WakeSchedule.status == "active",
                 WakeSchedule.next_fire_at == expected_next_fire,
             )
-            .values(next_fire_at=computed_next_fire, status=new_status, last_fired_at=now)
-            .returning(WakeSchedule)
+            .values(next_fire_at=computed_next_fire, status=new_status, last_fired_at=now),
         )
         with translate_database_errors():
             claimed = (await self._session.scalars(statement)).one_or_none()
@@ -374,7 +376,7 @@ class WakeScheduleRepository:
         if not planned:
             return []
         with translate_database_errors():
-            fires: dict[uuid.UUID | None, WakeFire] = {
+            fires = {
                 fire.schedule_id: fire
                 for fire in await self._session.scalars(_claiming.fire_insert_statement(planned, now))
             }
@@ -445,11 +447,13 @@ class WakeScheduleRepository:
         action: str,
         extra_where: ColumnElement[bool] | None,
     ) -> WakeSchedule:
-        statement = update(WakeSchedule).where(_this_schedule(conversation_id, schedule_id))
+        statement = update(_SCHEDULES).where(_this_schedule(conversation_id, schedule_id))
         if extra_where is not None:
             statement = statement.where(extra_where)
         with translate_database_errors():
-            updated = (await self._session.scalars(statement.values(**values).returning(WakeSchedule))).one_or_none()
+            updated = (
+                await self._session.scalars(returning_objects(WakeSchedule, statement.values(**values)))
+            ).one_or_none()
         if updated is not None:
             return updated
         current = await self.get(conversation_id, schedule_id)
