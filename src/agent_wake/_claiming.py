@@ -7,21 +7,17 @@ plan, one partition-guard decision) and costs one round trip.
 
 import logging
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import uuid_utils.compat as uuid_utils
-from sqlalchemy import DateTime, Row, Select, Text, any_, literal, select, update
+from sqlalchemy import DateTime, Select, Text, any_, literal, select, update
 from sqlalchemy.dialects.postgresql import ARRAY, UUID, insert
-from sqlalchemy.orm.attributes import set_committed_value
-from sqlalchemy.sql.dml import Update
-from sqlalchemy.sql.selectable import TypedReturnsRows
+from sqlalchemy.sql.dml import Insert, Update
 
 from agent_wake import _validation as check
 from agent_wake._batch import unnest_rows
-from agent_wake._returning import returning_objects, table_of
 from agent_wake.errors import InvalidInputError
 from agent_wake.models import WakeFire, WakeSchedule
 from agent_wake.partition_guard import spans_partitions
@@ -80,17 +76,8 @@ def _checked_next_fire(schedule: WakeSchedule, following: object) -> datetime | 
     return checked
 
 
-# The writes are Core DML on the tables (see _returning). The claimed
-# schedules are already loaded: the UPDATE returns only what it changed, and
-# that is written into them, so callers see what a reload would show without
-# decoding every config a second time.
-_FIRES = table_of(WakeFire)
-_SCHEDULES = table_of(WakeSchedule)
-_RESCHEDULED_COLUMNS = ("status", "next_fire_at", "last_fired_at", "date_updated")
-
-
-def fire_insert_statement(planned: list[PlannedClaim], now: datetime) -> TypedReturnsRows[WakeFire]:
-    """One ``dispatching`` fire per claim, loaded as ORM objects; a period that already has its fire gets none."""
+def fire_insert_statement(planned: list[PlannedClaim], now: datetime) -> Insert:
+    """One ``dispatching`` fire per claim; a period that already has its fire gets none."""
     rows = unnest_rows(
         "claimed_fire",
         {
@@ -100,8 +87,8 @@ def fire_insert_statement(planned: list[PlannedClaim], now: datetime) -> TypedRe
             "scheduled_fire_at": ([claim.period for claim in planned], DateTime(timezone=True)),
         },
     )
-    inserted = (
-        insert(_FIRES)
+    return (
+        insert(WakeFire)
         .from_select(
             ["conversation_id", "fire_id", "schedule_id", "scheduled_fire_at", "actual_fired_at", "status"],
             select(
@@ -115,17 +102,14 @@ def fire_insert_statement(planned: list[PlannedClaim], now: datetime) -> TypedRe
         )
         .on_conflict_do_nothing(
             index_elements=["conversation_id", "schedule_id", "scheduled_fire_at"],
-            index_where=_FIRES.c.schedule_id.is_not(None),
+            index_where=WakeFire.schedule_id.is_not(None),
         )
+        .returning(WakeFire)
     )
-    return returning_objects(WakeFire, inserted)
 
 
 def rescheduling_statement(planned: list[PlannedClaim], now: datetime) -> Update:
-    """Advance every claimed schedule in one ``UPDATE ... FROM unnest``; ``None`` expires it.
-
-    Returns each schedule's id and the columns it changed, for :func:`apply_rescheduled`.
-    """
+    """Advance every claimed schedule in one ``UPDATE ... FROM unnest``; ``None`` expires it."""
     conversation_ids = [claim.schedule.conversation_id for claim in planned]
     claimed = unnest_rows(
         "claimed",
@@ -137,21 +121,13 @@ def rescheduling_statement(planned: list[PlannedClaim], now: datetime) -> Update
         },
     )
     return (
-        update(_SCHEDULES)
+        update(WakeSchedule)
         .where(
-            _SCHEDULES.c.conversation_id == any_(literal(conversation_ids, ARRAY(UUID(as_uuid=True)))),
-            _SCHEDULES.c.conversation_id == claimed.c.conversation_id,
-            _SCHEDULES.c.schedule_id == claimed.c.schedule_id,
+            WakeSchedule.conversation_id == any_(literal(conversation_ids, ARRAY(UUID(as_uuid=True)))),
+            WakeSchedule.conversation_id == claimed.c.conversation_id,
+            WakeSchedule.schedule_id == claimed.c.schedule_id,
         )
         .values(next_fire_at=claimed.c.next_fire_at, status=claimed.c.status, last_fired_at=now)
-        .returning(_SCHEDULES.c.schedule_id, *(_SCHEDULES.c[column] for column in _RESCHEDULED_COLUMNS))
+        .returning(WakeSchedule)
+        .execution_options(synchronize_session=False, populate_existing=True)
     )
-
-
-def apply_rescheduled(planned: list[PlannedClaim], rescheduled: Sequence[Row[Any]]) -> None:
-    """Write what the rescheduling UPDATE stored into the claimed schedules, as a reload would."""
-    schedules = {claim.schedule.schedule_id: claim.schedule for claim in planned}
-    for row in rescheduled:
-        schedule = schedules[row.schedule_id]
-        for column in _RESCHEDULED_COLUMNS:
-            set_committed_value(schedule, column, row._mapping[column])

@@ -28,14 +28,12 @@ from sqlalchemy.types import TypeEngine
 from agent_wake import _validation as check
 from agent_wake import enums
 from agent_wake._batch import unnest_rows
-from agent_wake._returning import returning_objects, table_of
 from agent_wake.errors import InvalidInputError, NotFoundError, translate_database_errors
 from agent_wake.models import WakeFire, WakeSchedule, WebhookSubscription
 from agent_wake.partition_guard import spans_partitions
 
 __all__ = ["FireFailure", "FireSuccess", "WakeFireRepository"]
 
-_FIRES: Final = table_of(WakeFire)
 _MAX_OUTPUT_LENGTH: Final = 1_000_000
 _MAX_LATENCY_MS: Final = 2**31 - 1
 # (conversation_id, fire_id)
@@ -131,9 +129,9 @@ class WakeFireRepository:
             literal(actual_fired_at) if actual_fired_at is not None else func.now(),
             literal("dispatching"),
         ).where(source_in_partition)
-        statement = returning_objects(
-            WakeFire,
-            insert(_FIRES).from_select(
+        statement = (
+            insert(WakeFire)
+            .from_select(
                 [
                     "schedule_id",
                     "webhook_subscription_id",
@@ -144,7 +142,8 @@ class WakeFireRepository:
                     "status",
                 ],
                 row,
-            ),
+            )
+            .returning(WakeFire)
         )
         with translate_database_errors():
             fire = (await self._session.scalars(statement)).one_or_none()
@@ -308,11 +307,11 @@ class WakeFireRepository:
 
     async def _finalize(self, key: _FireKey, values: dict[str, Any]) -> WakeFire:
         conversation_id, fire_id = key
-        statement = returning_objects(
-            WakeFire,
-            update(_FIRES)
+        statement = (
+            update(WakeFire)
             .where(_this_fire(conversation_id, fire_id), WakeFire.status == "dispatching")
-            .values(**values),
+            .values(**values)
+            .returning(WakeFire)
         )
         with translate_database_errors():
             fire = (await self._session.scalars(statement)).one_or_none()
@@ -342,16 +341,17 @@ class WakeFireRepository:
                 **{column: ([values[column] for _, values in rows], type_) for column, type_ in types.items()},
             },
         )
-        statement = returning_objects(
-            WakeFire,
-            update(_FIRES)
+        statement = (
+            update(WakeFire)
             .where(
                 WakeFire.conversation_id == any_(literal(conversation_ids, ARRAY(UUID(as_uuid=True)))),
                 WakeFire.conversation_id == outcome.c.conversation_id,
                 WakeFire.fire_id == outcome.c.fire_id,
                 WakeFire.status == "dispatching",
             )
-            .values({column: outcome.c[column] for column in types}),
+            .values({column: outcome.c[column] for column in types})
+            .returning(WakeFire)
+            .execution_options(synchronize_session=False, populate_existing=True)
         )
         with translate_database_errors():
             return list(await self._session.scalars(statement))

@@ -12,7 +12,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from agent_wake import _claiming, enums
 from agent_wake import _validation as check
-from agent_wake._returning import returning_objects, table_of
 from agent_wake.errors import (
     ConflictError,
     InvalidInputError,
@@ -38,7 +37,6 @@ class ClaimedFire:
     fire: WakeFire
 
 
-_SCHEDULES: Final = table_of(WakeSchedule)
 _MAX_PROMPT_LENGTH: Final = 100_000
 _MAX_NAME_LENGTH: Final = 500
 # Statuses a schedule can be created in; "expired" is reached only by firing.
@@ -311,15 +309,15 @@ class WakeScheduleRepository:
             raise InvalidInputError("computed_next_fire", "is required when new_status is 'active'")
         if new_status != "active" and computed_next_fire is not None:
             raise InvalidInputError("computed_next_fire", "must be None unless new_status is 'active'")
-        statement = returning_objects(
-            WakeSchedule,
-            update(_SCHEDULES)
+        statement = (
+            update(WakeSchedule)
             .where(
                 _this_schedule(conversation_id, schedule_id),
                 WakeSchedule.status == "active",
                 WakeSchedule.next_fire_at == expected_next_fire,
             )
-            .values(next_fire_at=computed_next_fire, status=new_status, last_fired_at=now),
+            .values(next_fire_at=computed_next_fire, status=new_status, last_fired_at=now)
+            .returning(WakeSchedule)
         )
         with translate_database_errors():
             claimed = (await self._session.scalars(statement)).one_or_none()
@@ -380,9 +378,8 @@ class WakeScheduleRepository:
                 fire.schedule_id: fire
                 for fire in await self._session.scalars(_claiming.fire_insert_statement(planned, now))
             }
-            rescheduled = await self._session.execute(_claiming.rescheduling_statement(planned, now))
-            _claiming.apply_rescheduled(planned, rescheduled.all())
-        # The planned schedules were updated in place; keep their oldest-first order.
+            await self._session.scalars(_claiming.rescheduling_statement(planned, now))
+        # populate_existing refreshed the planned schedules in place; keep their oldest-first order.
         return [
             ClaimedFire(claim.schedule, fires[claim.schedule.schedule_id])
             for claim in planned
@@ -447,13 +444,11 @@ class WakeScheduleRepository:
         action: str,
         extra_where: ColumnElement[bool] | None,
     ) -> WakeSchedule:
-        statement = update(_SCHEDULES).where(_this_schedule(conversation_id, schedule_id))
+        statement = update(WakeSchedule).where(_this_schedule(conversation_id, schedule_id))
         if extra_where is not None:
             statement = statement.where(extra_where)
         with translate_database_errors():
-            updated = (
-                await self._session.scalars(returning_objects(WakeSchedule, statement.values(**values)))
-            ).one_or_none()
+            updated = (await self._session.scalars(statement.values(**values).returning(WakeSchedule))).one_or_none()
         if updated is not None:
             return updated
         current = await self.get(conversation_id, schedule_id)

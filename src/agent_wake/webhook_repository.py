@@ -11,7 +11,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from agent_wake import _validation as check
 from agent_wake import enums
-from agent_wake._returning import returning_objects, table_of
 from agent_wake.errors import ConflictError, InvalidInputError, NotFoundError, translate_database_errors
 from agent_wake.models import WebhookSubscription
 from agent_wake.partition_guard import spans_partitions
@@ -213,12 +212,12 @@ class WebhookSubscriptionRepository:
     ) -> WebhookSubscription:
         conversation_id = check.require_uuid("conversation_id", conversation_id)
         subscription_id = check.require_uuid("subscription_id", subscription_id)
-        statement = update(table_of(WebhookSubscription)).where(_this_subscription(conversation_id, subscription_id))
+        statement = update(WebhookSubscription).where(_this_subscription(conversation_id, subscription_id))
         if only_if_status is not None:
             statement = statement.where(WebhookSubscription.status == only_if_status)
         with translate_database_errors():
             updated = (
-                await self._session.scalars(returning_objects(WebhookSubscription, statement.values(**values)))
+                await self._session.scalars(statement.values(**values).returning(WebhookSubscription))
             ).one_or_none()
         if updated is not None:
             return updated
