@@ -83,9 +83,10 @@ async def test_create_dispatching_and_finalize_send_one_statement_each(
     assert creating.startswith(
         "INSERT INTO wake_fires (schedule_id, webhook_subscription_id, conversation_id, fire_id, scheduled_fire_at, "
         "actual_fired_at, status) SELECT agent_wake_schedules.schedule_id, NULL AS anon_1, $1::UUID AS anon_2, "
-        "$2::UUID AS anon_3, $3::TIMESTAMP WITH TIME ZONE AS anon_4, now() AS now_1, $4::VARCHAR AS anon_5 \n"
+        "$2::UUID AS anon_3, $3::TIMESTAMP WITH TIME ZONE AS anon_4, "
+        "coalesce($4::TIMESTAMP WITH TIME ZONE, now()) AS coalesce_1, $5::VARCHAR AS anon_5 \n"
         "FROM agent_wake_schedules \n"
-        "WHERE agent_wake_schedules.conversation_id = $5::UUID AND agent_wake_schedules.schedule_id = $6::UUID "
+        "WHERE agent_wake_schedules.conversation_id = $1::UUID AND agent_wake_schedules.schedule_id = $6::UUID "
         "RETURNING "
     )
     assert finalizing.startswith(

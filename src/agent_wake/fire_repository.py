@@ -4,14 +4,13 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 import uuid_utils.compat as uuid_utils
 from sqlalchemy import (
-    Boolean,
-    ColumnElement,
+    DateTime,
     Integer,
-    Text,
+    Table,
     any_,
     bindparam,
     func,
@@ -23,7 +22,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.types import TypeEngine
+from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.sql.dml import Insert, Update
+from sqlalchemy.sql.selectable import TypedReturnsRows
 
 from agent_wake import _validation as check
 from agent_wake import enums
@@ -57,12 +58,70 @@ _COUNT_IN_WINDOW: Final = (
 )
 
 
-def _this_fire(conversation_id: uuid.UUID, fire_id: uuid.UUID) -> ColumnElement[bool]:
-    return (WakeFire.conversation_id == conversation_id) & (WakeFire.fire_id == fire_id)
+def _dispatching_from(
+    source_columns: tuple[Any, Any],
+    source_conversation: InstrumentedAttribute[uuid.UUID],
+    source_id: InstrumentedAttribute[uuid.UUID],
+) -> TypedReturnsRows[WakeFire]:
+    """``INSERT ... SELECT`` of a ``dispatching`` fire from its source's row in the same conversation."""
+    row = select(
+        *source_columns,
+        bindparam("conversation_id", type_=UUID(as_uuid=True)),
+        bindparam("fire_id", type_=UUID(as_uuid=True)),
+        bindparam("scheduled_fire_at", type_=DateTime(timezone=True)),
+        func.coalesce(bindparam("actual_fired_at", type_=DateTime(timezone=True)), func.now()),
+        literal("dispatching"),
+    ).where(source_conversation == bindparam("conversation_id"), source_id == bindparam("source_id"))
+    columns = [
+        "schedule_id",
+        "webhook_subscription_id",
+        "conversation_id",
+        "fire_id",
+        "scheduled_fire_at",
+        "actual_fired_at",
+        "status",
+    ]
+    return _loaded(insert(_FIRES).from_select(columns, row))
 
 
-def _uuid_literal(value: uuid.UUID | None) -> ColumnElement[Any]:
-    return null() if value is None else literal(value, UUID(as_uuid=True))
+def _finalizing(columns: tuple[str, ...]) -> TypedReturnsRows[WakeFire]:
+    """``UPDATE`` of the ``dispatching`` fire ``(target_conversation_id, target_fire_id)``
+    setting ``columns`` from the parameters ``new_<column>``."""
+    # UPDATE reserves bind names equal to column names for its SET clause.
+    return _loaded(
+        update(_FIRES)
+        .where(
+            _FIRES.c.conversation_id == bindparam("target_conversation_id"),
+            _FIRES.c.fire_id == bindparam("target_fire_id"),
+            _FIRES.c.status == "dispatching",
+        )
+        .values({column: bindparam(f"new_{column}", type_=_FIRES.c[column].type) for column in columns})
+    )
+
+
+def _loaded(statement: Insert | Update) -> TypedReturnsRows[WakeFire]:
+    """The fires ``statement`` writes, loaded as objects (refreshing any the session holds).
+
+    The statement is Core DML on the table: executed with parameters,
+    ORM-enabled DML would read them as rows of a bulk INSERT or UPDATE.
+    """
+    loading = select(WakeFire).from_statement(statement.returning(*_FIRES.c))
+    return cast(TypedReturnsRows[WakeFire], loading.execution_options(populate_existing=True))
+
+
+_FIRES: Final = cast(Table, WakeFire.__table__)
+_DISPATCHING_FROM_SCHEDULE: Final = _dispatching_from(
+    (WakeSchedule.schedule_id, null()), WakeSchedule.conversation_id, WakeSchedule.schedule_id
+)
+_DISPATCHING_FROM_SUBSCRIPTION: Final = _dispatching_from(
+    (null(), WebhookSubscription.subscription_id),
+    WebhookSubscription.conversation_id,
+    WebhookSubscription.subscription_id,
+)
+_SUCCESS_COLUMNS: Final = ("status", "output_text", "latency_ms", "display_suppressed")
+_FAILURE_COLUMNS: Final = ("status", "error", "latency_ms")
+_FINALIZE_SUCCESS: Final = _finalizing(_SUCCESS_COLUMNS)
+_FINALIZE_FAILURE: Final = _finalizing(_FAILURE_COLUMNS)
 
 
 class WakeFireRepository:
@@ -106,47 +165,22 @@ class WakeFireRepository:
         scheduled_fire_at = check.optional_aware("scheduled_fire_at", scheduled_fire_at)
         actual_fired_at = check.optional_aware("actual_fired_at", actual_fired_at)
 
-        source_columns: tuple[Any, Any]  # (schedule_id, webhook_subscription_id)
         if schedule_id is not None:
-            source_name = f"schedule {schedule_id}"
-            source_columns = (WakeSchedule.schedule_id, null())
-            source_in_partition = (WakeSchedule.conversation_id == conversation_id) & (
-                WakeSchedule.schedule_id == schedule_id
-            )
+            source_name, source_id, statement = f"schedule {schedule_id}", schedule_id, _DISPATCHING_FROM_SCHEDULE
         elif webhook_subscription_id is not None:
             source_name = f"webhook subscription {webhook_subscription_id}"
-            source_columns = (null(), WebhookSubscription.subscription_id)
-            source_in_partition = (WebhookSubscription.conversation_id == conversation_id) & (
-                WebhookSubscription.subscription_id == webhook_subscription_id
-            )
+            source_id, statement = webhook_subscription_id, _DISPATCHING_FROM_SUBSCRIPTION
         else:
             raise InvalidInputError("schedule_id", "a fire needs a source: give schedule_id or webhook_subscription_id")
-        row = select(
-            *source_columns,
-            _uuid_literal(conversation_id),
-            _uuid_literal(fire_id),
-            literal(scheduled_fire_at) if scheduled_fire_at is not None else null(),
-            literal(actual_fired_at) if actual_fired_at is not None else func.now(),
-            literal("dispatching"),
-        ).where(source_in_partition)
-        statement = (
-            insert(WakeFire)
-            .from_select(
-                [
-                    "schedule_id",
-                    "webhook_subscription_id",
-                    "conversation_id",
-                    "fire_id",
-                    "scheduled_fire_at",
-                    "actual_fired_at",
-                    "status",
-                ],
-                row,
-            )
-            .returning(WakeFire)
-        )
+        parameters = {
+            "conversation_id": conversation_id,
+            "source_id": source_id,
+            "fire_id": fire_id,
+            "scheduled_fire_at": scheduled_fire_at,
+            "actual_fired_at": actual_fired_at,
+        }
         with translate_database_errors():
-            fire = (await self._session.scalars(statement)).one_or_none()
+            fire: WakeFire | None = (await self._session.scalars(statement, parameters)).one_or_none()
         if fire is None:
             raise NotFoundError(f"{source_name} not found in conversation {conversation_id}")
         return fire
@@ -168,7 +202,7 @@ class WakeFireRepository:
         UPDATE; one more SELECT only in that already-final case.
         """
         outcome = FireSuccess(conversation_id, fire_id, status, output_text, latency_ms, display_suppressed)
-        return await self._finalize(*_success_values(outcome, ""))
+        return await self._finalize(_FINALIZE_SUCCESS, *_success_values(outcome, ""))
 
     async def finalize_failed(
         self,
@@ -180,7 +214,7 @@ class WakeFireRepository:
     ) -> WakeFire:
         """Move a ``dispatching`` fire to ``failed`` with ``error``; harmless on a final fire."""
         outcome = FireFailure(conversation_id, fire_id, error, latency_ms)
-        return await self._finalize(*_failure_values(outcome, ""))
+        return await self._finalize(_FINALIZE_FAILURE, *_failure_values(outcome, ""))
 
     async def finalize_success_batch(self, outcomes: Sequence["FireSuccess"]) -> list[WakeFire]:
         """Finalize many ``dispatching`` fires (any conversations) in one round trip.
@@ -193,15 +227,7 @@ class WakeFireRepository:
             _success_values(outcome, f"outcomes[{index}].")
             for index, outcome in enumerate(_require_outcomes(outcomes, FireSuccess))
         ]
-        return await self._finalize_batch(
-            rows,
-            {
-                "status": Text(),
-                "output_text": Text(),
-                "latency_ms": Integer(),
-                "display_suppressed": Boolean(),
-            },
-        )
+        return await self._finalize_batch(rows, _SUCCESS_COLUMNS)
 
     async def finalize_failed_batch(self, outcomes: Sequence["FireFailure"]) -> list[WakeFire]:
         """Mark many ``dispatching`` fires ``failed`` in one round trip, like
@@ -210,7 +236,7 @@ class WakeFireRepository:
             _failure_values(outcome, f"outcomes[{index}].")
             for index, outcome in enumerate(_require_outcomes(outcomes, FireFailure))
         ]
-        return await self._finalize_batch(rows, {"status": Text(), "error": Text(), "latency_ms": Integer()})
+        return await self._finalize_batch(rows, _FAILURE_COLUMNS)
 
     async def list_stale_dispatching(self, older_than: datetime, *, limit: int = 200) -> list[WakeFire]:
         """Cross-partition: fires still ``dispatching`` that started before ``older_than``, oldest first.
@@ -305,16 +331,12 @@ class WakeFireRepository:
             )
         return int((await self._session.execute(statement, parameters)).scalar_one())
 
-    async def _finalize(self, key: _FireKey, values: dict[str, Any]) -> WakeFire:
+    async def _finalize(self, statement: TypedReturnsRows[WakeFire], key: _FireKey, values: dict[str, Any]) -> WakeFire:
         conversation_id, fire_id = key
-        statement = (
-            update(WakeFire)
-            .where(_this_fire(conversation_id, fire_id), WakeFire.status == "dispatching")
-            .values(**values)
-            .returning(WakeFire)
-        )
+        parameters = {"target_conversation_id": conversation_id, "target_fire_id": fire_id}
+        parameters.update((f"new_{column}", value) for column, value in values.items())
         with translate_database_errors():
-            fire = (await self._session.scalars(statement)).one_or_none()
+            fire: WakeFire | None = (await self._session.scalars(statement, parameters)).one_or_none()
         if fire is not None:
             return fire
         already_final = await self.get(conversation_id, fire_id)
@@ -325,7 +347,7 @@ class WakeFireRepository:
     async def _finalize_batch(
         self,
         rows: list[tuple[tuple[uuid.UUID, uuid.UUID], dict[str, Any]]],
-        types: dict[str, TypeEngine[Any]],
+        columns: tuple[str, ...],
     ) -> list[WakeFire]:
         if not rows:
             return []
@@ -338,7 +360,7 @@ class WakeFireRepository:
             {
                 "conversation_id": (conversation_ids, UUID(as_uuid=True)),
                 "fire_id": ([fire_id for _, fire_id in keys], UUID(as_uuid=True)),
-                **{column: ([values[column] for _, values in rows], type_) for column, type_ in types.items()},
+                **{column: ([values[column] for _, values in rows], _FIRES.c[column].type) for column in columns},
             },
         )
         statement = (
@@ -349,7 +371,7 @@ class WakeFireRepository:
                 WakeFire.fire_id == outcome.c.fire_id,
                 WakeFire.status == "dispatching",
             )
-            .values({column: outcome.c[column] for column in types})
+            .values({column: outcome.c[column] for column in columns})
             .returning(WakeFire)
             .execution_options(synchronize_session=False, populate_existing=True)
         )
