@@ -39,7 +39,8 @@ from typing import Any
 
 PATHS = ("get", "dispatch", "claim")
 CLAIM_BATCH = 200
-SOURCE = Path(__file__).resolve().parent.parent / "src"
+REPOSITORY = Path(__file__).resolve().parent.parent
+SOURCE = REPOSITORY / "src"
 
 
 async def seed(url: str) -> None:
@@ -156,7 +157,8 @@ def compare(against: str, path: str, operations: int, alternations: int) -> None
     url = asyncio.run(scratch_database(server))
     with tempfile.TemporaryDirectory(prefix="agent-wake-ab-") as folder:
         worktree = Path(folder) / "old"
-        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(worktree), against], check=True)
+        git = ["git", "-C", str(REPOSITORY), "worktree"]
+        subprocess.run([*git, "add", "--detach", "-q", str(worktree), against], check=True)
         try:
             asyncio.run(seed(url))
             sides: dict[str, list[dict[str, Any]]] = {"old": [], "new": []}
@@ -167,7 +169,7 @@ def compare(against: str, path: str, operations: int, alternations: int) -> None
                 for side, source in order if alternation % 2 == 0 else reversed(order):
                     sides[side].append(run_side(source, url, path, operations))
         finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], check=True)
+            subprocess.run([*git, "remove", "--force", str(worktree)], check=True)
             asyncio.run(autocommit(server, f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
     old_cpu, new_cpu = (statistics.median(s["cpu_us"] for s in sides[side]) for side in ("old", "new"))
     old_wall, new_wall = (statistics.median(s["wall_us"] for s in sides[side]) for side in ("old", "new"))

@@ -16,6 +16,7 @@ from agent_wake import (
     FireFailure,
     FireSuccess,
     InvalidInputError,
+    SecretBox,
     WakeFireRepository,
     WakeSchedule,
     WakeScheduleRepository,
@@ -377,6 +378,28 @@ async def seed_due_schedules(engine: AsyncEngine, count: int, conversations: int
     ]
     async with AsyncSession(engine) as session, session.begin():
         await session.execute(insert(WakeSchedule), rows)
+
+
+async def test_recovery_reports_a_fire_finalized_meanwhile_as_stored(
+    wake_engine: AsyncEngine, wake_secrets: SecretBox
+) -> None:
+    sessions = async_sessionmaker(wake_engine, expire_on_commit=False)
+    async with sessions.begin() as setup:
+        left = await WakeFactory(setup, wake_secrets).fire(actual_fired_at=in_minutes(-60))
+    async with sessions() as recovery:
+        async with recovery.begin():
+            stale = await WakeFireRepository(recovery).list_stale_dispatching(in_minutes(-10), limit=10)
+        (held,) = [fire for fire in stale if fire.fire_id == left.fire_id]
+        async with sessions.begin() as worker:  # the worker was slow, not dead
+            await WakeFireRepository(worker).finalize_success(
+                left.conversation_id, left.fire_id, status="fired", output_text="done"
+            )
+        async with recovery.begin():
+            reported = await WakeFireRepository(recovery).finalize_failed(
+                left.conversation_id, left.fire_id, error="worker died"
+            )
+    assert reported is held
+    assert (reported.status, reported.output_text, reported.error) == ("fired", "done", None)
 
 
 async def test_eight_workers_claim_every_due_period_exactly_once(wake_engine: AsyncEngine) -> None:

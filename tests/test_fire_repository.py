@@ -56,6 +56,7 @@ async def test_create_dispatching_from_a_webhook(
     )
     assert (fire.schedule_id, fire.webhook_subscription_id) == (None, subscription.subscription_id)
     assert fire.actual_fired_at == NOW
+    assert fire.scheduled_fire_at is None
 
 
 async def test_create_dispatching_refuses_both_sources(

@@ -40,8 +40,10 @@ _MAX_LATENCY_MS: Final = 2**31 - 1
 # (conversation_id, fire_id)
 _FireKey = tuple[uuid.UUID, uuid.UUID]
 
-# The hottest reads are built once, with bind parameters: a call then skips
-# building the statement and its cache key.
+# The hot statements are built once, with bind parameters: a call then skips
+# building the statement and its cache key (for create_dispatching and
+# finalize that was half their client time, bench/ab_revision.py).
+_FIRES: Final = cast(Table, WakeFire.__table__)
 _GET: Final = select(WakeFire).where(
     WakeFire.conversation_id == bindparam("conversation_id"), WakeFire.fire_id == bindparam("fire_id")
 )
@@ -58,12 +60,28 @@ _COUNT_IN_WINDOW: Final = (
 )
 
 
+def _loaded(statement: Insert | Update) -> TypedReturnsRows[WakeFire]:
+    """The fires ``statement`` writes, as stored, loaded as objects; one the session holds is refreshed.
+
+    The statement is Core DML on the table because, executed with a
+    parameter dict, an ORM-enabled INSERT is a bulk INSERT of that dict. The
+    UPDATE is built the same way so that both return the row as stored.
+    """
+    loading = select(WakeFire).from_statement(statement.returning(*_FIRES.c))
+    return cast(TypedReturnsRows[WakeFire], loading.execution_options(populate_existing=True))
+
+
 def _dispatching_from(
     source_columns: tuple[Any, Any],
     source_conversation: InstrumentedAttribute[uuid.UUID],
     source_id: InstrumentedAttribute[uuid.UUID],
 ) -> TypedReturnsRows[WakeFire]:
-    """``INSERT ... SELECT`` of a ``dispatching`` fire from its source's row in the same conversation."""
+    """``INSERT ... SELECT`` of a ``dispatching`` fire from its source's row in the same conversation.
+
+    ``source_columns`` are the fire's (schedule_id, webhook_subscription_id):
+    the source's id column and NULL. Parameters: conversation_id,
+    source_id, fire_id, scheduled_fire_at, actual_fired_at (NULL: ``now()``).
+    """
     row = select(
         *source_columns,
         bindparam("conversation_id", type_=UUID(as_uuid=True)),
@@ -85,9 +103,10 @@ def _dispatching_from(
 
 
 def _finalizing(columns: tuple[str, ...]) -> TypedReturnsRows[WakeFire]:
-    """``UPDATE`` of the ``dispatching`` fire ``(target_conversation_id, target_fire_id)``
+    """``UPDATE`` of the ``dispatching`` fire (target_conversation_id, target_fire_id)
     setting ``columns`` from the parameters ``new_<column>``."""
-    # UPDATE reserves bind names equal to column names for its SET clause.
+    # An UPDATE reserves bind names equal to column names for its SET clause
+    # (the INSERT ... SELECT above has none, so its names can be the columns').
     return _loaded(
         update(_FIRES)
         .where(
@@ -99,17 +118,6 @@ def _finalizing(columns: tuple[str, ...]) -> TypedReturnsRows[WakeFire]:
     )
 
 
-def _loaded(statement: Insert | Update) -> TypedReturnsRows[WakeFire]:
-    """The fires ``statement`` writes, loaded as objects (refreshing any the session holds).
-
-    The statement is Core DML on the table: executed with parameters,
-    ORM-enabled DML would read them as rows of a bulk INSERT or UPDATE.
-    """
-    loading = select(WakeFire).from_statement(statement.returning(*_FIRES.c))
-    return cast(TypedReturnsRows[WakeFire], loading.execution_options(populate_existing=True))
-
-
-_FIRES: Final = cast(Table, WakeFire.__table__)
 _DISPATCHING_FROM_SCHEDULE: Final = _dispatching_from(
     (WakeSchedule.schedule_id, null()), WakeSchedule.conversation_id, WakeSchedule.schedule_id
 )
@@ -118,10 +126,15 @@ _DISPATCHING_FROM_SUBSCRIPTION: Final = _dispatching_from(
     WebhookSubscription.conversation_id,
     WebhookSubscription.subscription_id,
 )
-_SUCCESS_COLUMNS: Final = ("status", "output_text", "latency_ms", "display_suppressed")
-_FAILURE_COLUMNS: Final = ("status", "error", "latency_ms")
-_FINALIZE_SUCCESS: Final = _finalizing(_SUCCESS_COLUMNS)
-_FINALIZE_FAILURE: Final = _finalizing(_FAILURE_COLUMNS)
+# One statement per set of columns a finalization writes, keyed by those
+# columns in the order _success_values and _failure_values list them.
+_FINALIZING: Final[dict[tuple[str, ...], TypedReturnsRows[WakeFire]]] = {
+    columns: _finalizing(columns)
+    for columns in (
+        ("status", "output_text", "latency_ms", "display_suppressed"),
+        ("status", "error", "latency_ms"),
+    )
+}
 
 
 class WakeFireRepository:
@@ -166,7 +179,8 @@ class WakeFireRepository:
         actual_fired_at = check.optional_aware("actual_fired_at", actual_fired_at)
 
         if schedule_id is not None:
-            source_name, source_id, statement = f"schedule {schedule_id}", schedule_id, _DISPATCHING_FROM_SCHEDULE
+            source_name = f"schedule {schedule_id}"
+            source_id, statement = schedule_id, _DISPATCHING_FROM_SCHEDULE
         elif webhook_subscription_id is not None:
             source_name = f"webhook subscription {webhook_subscription_id}"
             source_id, statement = webhook_subscription_id, _DISPATCHING_FROM_SUBSCRIPTION
@@ -202,7 +216,7 @@ class WakeFireRepository:
         UPDATE; one more SELECT only in that already-final case.
         """
         outcome = FireSuccess(conversation_id, fire_id, status, output_text, latency_ms, display_suppressed)
-        return await self._finalize(_FINALIZE_SUCCESS, *_success_values(outcome, ""))
+        return await self._finalize(*_success_values(outcome, ""))
 
     async def finalize_failed(
         self,
@@ -214,7 +228,7 @@ class WakeFireRepository:
     ) -> WakeFire:
         """Move a ``dispatching`` fire to ``failed`` with ``error``; harmless on a final fire."""
         outcome = FireFailure(conversation_id, fire_id, error, latency_ms)
-        return await self._finalize(_FINALIZE_FAILURE, *_failure_values(outcome, ""))
+        return await self._finalize(*_failure_values(outcome, ""))
 
     async def finalize_success_batch(self, outcomes: Sequence["FireSuccess"]) -> list[WakeFire]:
         """Finalize many ``dispatching`` fires (any conversations) in one round trip.
@@ -227,7 +241,7 @@ class WakeFireRepository:
             _success_values(outcome, f"outcomes[{index}].")
             for index, outcome in enumerate(_require_outcomes(outcomes, FireSuccess))
         ]
-        return await self._finalize_batch(rows, _SUCCESS_COLUMNS)
+        return await self._finalize_batch(rows)
 
     async def finalize_failed_batch(self, outcomes: Sequence["FireFailure"]) -> list[WakeFire]:
         """Mark many ``dispatching`` fires ``failed`` in one round trip, like
@@ -236,7 +250,7 @@ class WakeFireRepository:
             _failure_values(outcome, f"outcomes[{index}].")
             for index, outcome in enumerate(_require_outcomes(outcomes, FireFailure))
         ]
-        return await self._finalize_batch(rows, _FAILURE_COLUMNS)
+        return await self._finalize_batch(rows)
 
     async def list_stale_dispatching(self, older_than: datetime, *, limit: int = 200) -> list[WakeFire]:
         """Cross-partition: fires still ``dispatching`` that started before ``older_than``, oldest first.
@@ -331,15 +345,23 @@ class WakeFireRepository:
             )
         return int((await self._session.execute(statement, parameters)).scalar_one())
 
-    async def _finalize(self, statement: TypedReturnsRows[WakeFire], key: _FireKey, values: dict[str, Any]) -> WakeFire:
+    async def _finalize(self, key: _FireKey, values: dict[str, Any]) -> WakeFire:
         conversation_id, fire_id = key
         parameters = {"target_conversation_id": conversation_id, "target_fire_id": fire_id}
         parameters.update((f"new_{column}", value) for column, value in values.items())
         with translate_database_errors():
-            fire: WakeFire | None = (await self._session.scalars(statement, parameters)).one_or_none()
+            fire: WakeFire | None = (await self._session.scalars(_FINALIZING[tuple(values)], parameters)).one_or_none()
         if fire is not None:
             return fire
-        already_final = await self.get(conversation_id, fire_id)
+        # The first finalization's result, as stored: a copy this session
+        # loaded while the fire was still dispatching must not stand in for it.
+        already_final = (
+            await self._session.scalars(
+                _GET,
+                {"conversation_id": conversation_id, "fire_id": fire_id},
+                execution_options={"populate_existing": True},
+            )
+        ).one_or_none()
         if already_final is None:
             raise NotFoundError(f"fire {fire_id} not found in conversation {conversation_id}")
         return already_final
@@ -347,10 +369,10 @@ class WakeFireRepository:
     async def _finalize_batch(
         self,
         rows: list[tuple[tuple[uuid.UUID, uuid.UUID], dict[str, Any]]],
-        columns: tuple[str, ...],
     ) -> list[WakeFire]:
         if not rows:
             return []
+        columns = tuple(rows[0][1])
         keys = [key for key, _ in rows]
         if len(set(keys)) != len(keys):
             raise InvalidInputError("outcomes", "names the same fire more than once")
