@@ -124,25 +124,16 @@ def run_side(source: Path, url: str, path: str, operations: int) -> dict[str, An
     return side
 
 
-async def autocommit(server: str, statement: str) -> None:
-    from sqlalchemy import text
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    engine = create_async_engine(server, isolation_level="AUTOCOMMIT")
-    async with engine.connect() as connection:
-        await connection.execute(text(statement))
-    await engine.dispose()
-
-
 async def scratch_database(server: str) -> str:
     """Create and migrate a database next to ``server``'s; return its URL."""
     from alembic import command
     from sqlalchemy.engine import make_url
 
     from agent_wake import alembic_config
+    from agent_wake.pytest_plugin import _execute_autocommit
 
     name = f"agent_wake_ab_{uuid.uuid4().hex[:8]}"
-    await autocommit(server, f'CREATE DATABASE "{name}"')
+    await _execute_autocommit(server, f'CREATE DATABASE "{name}"')
     url = make_url(server).set(database=name).render_as_string(hide_password=False)
     await asyncio.to_thread(command.upgrade, alembic_config(url), "head")
     return url
@@ -152,6 +143,7 @@ def compare(against: str, path: str, operations: int, alternations: int) -> None
     from sqlalchemy.engine import make_url
 
     from agent_wake import resolve_database_url
+    from agent_wake.pytest_plugin import _execute_autocommit
 
     server = resolve_database_url()
     url = asyncio.run(scratch_database(server))
@@ -170,7 +162,8 @@ def compare(against: str, path: str, operations: int, alternations: int) -> None
                     sides[side].append(run_side(source, url, path, operations))
         finally:
             subprocess.run([*git, "remove", "--force", str(worktree)], check=True)
-            asyncio.run(autocommit(server, f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
+            drop = f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'
+            asyncio.run(_execute_autocommit(server, drop))
     old_cpu, new_cpu = (statistics.median(s["cpu_us"] for s in sides[side]) for side in ("old", "new"))
     old_wall, new_wall = (statistics.median(s["wall_us"] for s in sides[side]) for side in ("old", "new"))
     print(f"{path}: median per operation of each side, {alternations} runs of {operations} operations")

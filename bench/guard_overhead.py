@@ -22,22 +22,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from alembic import command
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from agent_wake import WakeScheduleRepository, alembic_config, install_partition_guard, resolve_database_url
+from agent_wake.pytest_plugin import _execute_autocommit
 
 ROWS_PER_CONVERSATION = 50
 ReadPath = Callable[[WakeScheduleRepository], Awaitable[object]]
 OTHER_CONVERSATIONS = 200
-
-
-async def admin(server: str, statement: str) -> None:
-    engine = create_async_engine(server, isolation_level="AUTOCOMMIT")
-    async with engine.connect() as connection:
-        await connection.execute(text(statement))
-    await engine.dispose()
 
 
 async def seed(url: str) -> tuple[uuid.UUID, uuid.UUID]:
@@ -106,13 +99,13 @@ async def measure(url: str, rounds: int, block: int) -> dict[str, dict[str, floa
 async def run_in_scratch_database(rounds: int, block: int) -> dict[str, dict[str, float]]:
     server = resolve_database_url()
     name = f"agent_wake_bench_{uuid.uuid4().hex[:8]}"
-    await admin(server, f'CREATE DATABASE "{name}"')
+    await _execute_autocommit(server, f'CREATE DATABASE "{name}"')
     url = make_url(server).set(database=name).render_as_string(hide_password=False)
     try:
         await asyncio.to_thread(command.upgrade, alembic_config(url), "head")
         return await measure(url, rounds, block)
     finally:
-        await admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await _execute_autocommit(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def main() -> None:
