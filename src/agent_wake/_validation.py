@@ -8,7 +8,7 @@ the rejected value in the message, so they are safe on secrets too.
 import re
 import uuid
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Final, TypeVar
 
 from agent_wake.errors import InvalidInputError
@@ -35,11 +35,20 @@ def optional_uuid(field: str, value: object) -> uuid.UUID | None:
 
 
 def require_aware(field: str, value: object) -> datetime:
+    """An aware datetime that can be stored: returned in UTC.
+
+    The driver converts to UTC before sending; 9999-12-31T23:00-14:00 (or
+    0001-01-01T00:00+14:00) overflows there, so it is refused here instead.
+    """
     if not isinstance(value, datetime):
         raise InvalidInputError(field, "must be a datetime")
     if value.tzinfo is None or value.utcoffset() is None:
         raise InvalidInputError(field, "must be timezone-aware (naive datetimes are refused)")
-    return value
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        pass
+    raise InvalidInputError(field, "must lie between years 1 and 9999 once converted to UTC")
 
 
 def optional_aware(field: str, value: object) -> datetime | None:

@@ -1,35 +1,60 @@
 """The package's errors, under one base class, and the translation of
 database errors into them.
 
+A caller branches on three families, never on a message:
+
+- :class:`InvalidInputError`: the arguments break a rule; fix them, do not retry;
+- :class:`ConflictError`: the database holds something this write
+  contradicts (a duplicate, a status that forbids the change); re-read and decide;
+- :class:`RetryableError`: the transaction lost a race or its connection
+  (serialization failure, deadlock, timeout, lost connection); roll back and
+  run it again.
+
 Repositories validate before any SQL runs; what still reaches the database
-and is refused there (a CHECK, foreign-key or unique violation) is turned
-into the same errors by :func:`translate_database_errors`, naming the
-constraint, so no raw driver error leaks to callers.
+and fails there is turned into these errors by
+:func:`translate_database_errors`, classified by SQLSTATE and the driver's
+constraint name. No message repeats a value the caller sent, so a secret
+cannot leak through one.
 """
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Final
 
+from sqlalchemy import Table
 from sqlalchemy import exc as sa_exc
 
 __all__ = [
     "AgentWakeError",
     "ConflictError",
+    "ConnectionLostError",
+    "ConstraintViolationError",
+    "DatabaseError",
+    "DatabaseTimeoutError",
+    "DuplicateError",
     "InvalidInputError",
     "NotFoundError",
     "PartitionScopeError",
+    "RetryableError",
     "SecretDecryptionError",
+    "SerializationError",
+    "StatusConflictError",
     "translate_database_errors",
 ]
 
 
 class AgentWakeError(Exception):
-    """Base class of every error agent-wake raises."""
+    """Base class of every error agent-wake raises.
+
+    ``sqlstate`` is the PostgreSQL error code when the database raised it,
+    else ``None``.
+    """
+
+    sqlstate: str | None = None
 
 
 class InvalidInputError(AgentWakeError, ValueError):
-    """An argument breaks a rule; ``field`` names it and the message says the rule."""
+    """An argument breaks a rule; ``field`` names it and ``rule`` says the rule."""
 
     def __init__(self, field: str, rule: str) -> None:
         super().__init__(f"{field}: {rule}")
@@ -37,12 +62,82 @@ class InvalidInputError(AgentWakeError, ValueError):
         self.rule = rule
 
 
+class ConstraintViolationError(InvalidInputError):
+    """The database refused a value: a foreign key, CHECK or NOT NULL constraint.
+
+    ``field`` names the column (columns, comma-separated, for a constraint
+    over several), ``rule`` and ``constraint`` the constraint, ``table`` its table.
+    """
+
+    def __init__(self, *, table: str, constraint: str, columns: str, explanation: str, sqlstate: str) -> None:
+        super().__init__(columns, constraint)
+        self.args = (f"{columns}: {explanation} (constraint {constraint} on {table})",)
+        self.table = table
+        self.constraint = constraint
+        self.sqlstate = sqlstate
+
+
 class NotFoundError(AgentWakeError, LookupError):
     """No row with this id exists in this conversation."""
 
+    def __init__(self, entity: str, conversation_id: object, entity_id: object) -> None:
+        super().__init__(f"{entity} {entity_id} not found in conversation {conversation_id}")
+        self.entity = entity
+        self.conversation_id = conversation_id
+        self.entity_id = entity_id
+
 
 class ConflictError(AgentWakeError):
-    """The database already holds a row that this write would duplicate or contradict."""
+    """The database holds a row that this write would duplicate or contradict."""
+
+
+class DuplicateError(ConflictError):
+    """A unique constraint already holds this key; ``table`` and ``constraint`` name it."""
+
+    def __init__(self, *, table: str, constraint: str, sqlstate: str) -> None:
+        super().__init__(f"{table}: a row already exists (unique constraint {constraint})")
+        self.table = table
+        self.constraint = constraint
+        self.sqlstate = sqlstate
+
+
+class StatusConflictError(ConflictError):
+    """The row's stored ``status`` forbids the change (resuming an expired schedule, ...)."""
+
+    def __init__(self, *, entity: str, entity_id: object, action: str, status: str) -> None:
+        super().__init__(f"cannot {action} {entity} {entity_id}: its status is {status!r}")
+        self.entity = entity
+        self.entity_id = entity_id
+        self.action = action
+        self.status = status
+
+
+class RetryableError(AgentWakeError):
+    """The transaction failed through no fault of its arguments: roll back and run it again."""
+
+    def __init__(self, message: str, *, sqlstate: str | None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+class SerializationError(RetryableError):
+    """A concurrent transaction changed the same rows (serialization failure or deadlock)."""
+
+
+class DatabaseTimeoutError(RetryableError):
+    """A statement or lock timeout, or no pooled connection in time."""
+
+
+class ConnectionLostError(RetryableError):
+    """The connection to the database broke or could not be made."""
+
+
+class DatabaseError(AgentWakeError):
+    """Any other database failure; ``sqlstate`` says which (the driver error is the cause)."""
+
+    def __init__(self, message: str, *, sqlstate: str | None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
 
 
 class PartitionScopeError(AgentWakeError):
@@ -63,48 +158,92 @@ class SecretDecryptionError(AgentWakeError):
     """A stored secret cannot be decrypted with any of the configured keys."""
 
 
-_UNIQUE_VIOLATION = "23505"
-_FOREIGN_KEY_VIOLATION = "23503"
-_CHECK_VIOLATION = "23514"
-_NOT_NULL_VIOLATION = "23502"
-# Lost a race with another transaction (REPEATABLE READ / SERIALIZABLE, or a deadlock).
-_RETRYABLE = frozenset({"40001", "40P01"})
+_UNIQUE_VIOLATION: Final = "23505"
+_CONSTRAINT_EXPLANATIONS: Final = {
+    "23503": "refers to a row that does not exist",
+    "23514": "breaks a check constraint",
+    "23502": "must not be null",
+}
+_SERIALIZATION: Final = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
+_TIMEOUTS: Final = frozenset({"57014", "55P03"})  # query_canceled (statement_timeout), lock_not_available
+# connection_exception (08xxx), and the server shutting the session down.
+_CONNECTION_LOST: Final = frozenset({"57P01", "57P02", "57P03"})
+
+# table name -> constraint name -> the columns it constrains; filled by the
+# models module, which knows every constraint (see ``register_constraint_columns``).
+_constraint_columns: dict[str, dict[str, tuple[str, ...]]] = {}
 
 
-def _driver_error(exc: sa_exc.DBAPIError) -> Any:
-    # SQLAlchemy's asyncpg adapter keeps the asyncpg exception as the cause;
-    # it carries the constraint and column names.
-    return exc.orig.__cause__ if exc.orig is not None else None
+def register_constraint_columns(table: Table) -> None:
+    """Remember which columns each named constraint of ``table`` covers.
+
+    A CHECK constraint written as text names its columns in ``info["columns"]``.
+    """
+    columns = _constraint_columns.setdefault(table.name, {})
+    for constraint in table.constraints:
+        if isinstance(constraint.name, str):
+            covered = constraint.info.get("columns") or tuple(column.name for column in constraint.columns)
+            columns[constraint.name] = tuple(covered)
+
+
+def _constraint_error(exc: sa_exc.DBAPIError, sqlstate: str) -> AgentWakeError:
+    driver_error = exc.driver_exception
+    table = getattr(driver_error, "table_name", None) or "unknown table"
+    constraint = getattr(driver_error, "constraint_name", None) or "unknown constraint"
+    if sqlstate == _UNIQUE_VIOLATION:
+        return DuplicateError(table=table, constraint=constraint, sqlstate=sqlstate)
+    column = getattr(driver_error, "column_name", None)
+    columns = (column,) if column else _constraint_columns.get(table, {}).get(constraint, ("unknown column",))
+    if sqlstate == "23502":
+        constraint = f"{table}.{columns[0]} NOT NULL"
+    return ConstraintViolationError(
+        table=table,
+        constraint=constraint,
+        columns=", ".join(columns),
+        explanation=_CONSTRAINT_EXPLANATIONS[sqlstate],
+        sqlstate=sqlstate,
+    )
+
+
+def _translated(exc: sa_exc.DBAPIError) -> AgentWakeError:
+    sqlstate = getattr(exc.driver_exception, "sqlstate", None) or getattr(exc.orig, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate in _CONSTRAINT_EXPLANATIONS or sqlstate == _UNIQUE_VIOLATION:
+        return _constraint_error(exc, sqlstate)
+    if sqlstate in _SERIALIZATION:
+        return SerializationError(
+            "a concurrent transaction changed the same rows; roll back and retry", sqlstate=sqlstate
+        )
+    if sqlstate in _TIMEOUTS:
+        return DatabaseTimeoutError(
+            "the statement ran past statement_timeout or waited past lock_timeout; roll back and retry",
+            sqlstate=sqlstate,
+        )
+    lost = exc.connection_invalidated or sqlstate in _CONNECTION_LOST
+    if lost or (isinstance(sqlstate, str) and sqlstate.startswith("08")):
+        return ConnectionLostError(
+            "the connection to the database was lost; roll back and retry on a new one", sqlstate=sqlstate
+        )
+    return DatabaseError(
+        f"the database refused the statement ({type(exc.driver_exception).__name__}, SQLSTATE {sqlstate})",
+        sqlstate=sqlstate if isinstance(sqlstate, str) else None,
+    )
 
 
 @contextmanager
 def translate_database_errors() -> Iterator[None]:
-    """Turn integrity errors raised inside the block into agent-wake errors.
+    """Raise any database failure inside the block as an :class:`AgentWakeError`.
 
-    A unique violation, a serialization failure and a deadlock become
-    :class:`ConflictError`; CHECK, foreign-key and NOT NULL violations
-    become :class:`InvalidInputError` naming the constraint or column. The
-    driver error stays chained as the cause. The statement's values are not
-    repeated in the message, so a secret cannot leak through it.
+    Agent-wake errors (the partition guard's) pass through; the driver
+    error stays chained as the cause. The statement's parameters are never
+    put in a message.
     """
     try:
         yield
+    except AgentWakeError:
+        raise
     except sa_exc.DBAPIError as exc:
-        if not isinstance(exc, sa_exc.IntegrityError):
-            if getattr(exc.orig, "sqlstate", None) in _RETRYABLE:
-                raise ConflictError("a concurrent transaction changed the same rows; roll back and retry") from exc
-            raise
-        sqlstate = getattr(exc.orig, "sqlstate", None)
-        driver_error = _driver_error(exc)
-        constraint = getattr(driver_error, "constraint_name", None) or "unknown constraint"
-        table = getattr(driver_error, "table_name", None) or "unknown table"
-        if sqlstate == _UNIQUE_VIOLATION:
-            raise ConflictError(f"{table}: a row already exists (unique constraint {constraint})") from exc
-        if sqlstate == _FOREIGN_KEY_VIOLATION:
-            raise InvalidInputError(constraint, f"refers to a row that does not exist ({table})") from exc
-        if sqlstate == _CHECK_VIOLATION:
-            raise InvalidInputError(constraint, f"check constraint on {table} failed") from exc
-        if sqlstate == _NOT_NULL_VIOLATION:
-            column = getattr(driver_error, "column_name", None) or "unknown column"
-            raise InvalidInputError(column, f"must not be null ({table})") from exc
-        raise AgentWakeError(f"{table}: integrity error {sqlstate}") from exc
+        raise _translated(exc) from exc
+    except sa_exc.TimeoutError as exc:  # the pool had no connection in time
+        raise DatabaseTimeoutError(str(exc), sqlstate=None) from exc
+    except OSError as exc:  # a connection that could not be opened at all
+        raise ConnectionLostError(f"could not reach the database ({type(exc).__name__})", sqlstate=None) from exc

@@ -8,7 +8,7 @@ partitioned by it. There is no foreign key on it, because the
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Final, cast
 
 from sqlalchemy import (
     CheckConstraint,
@@ -16,6 +16,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     LargeBinary,
+    Table,
     PrimaryKeyConstraint,
     Text,
     UniqueConstraint,
@@ -27,8 +28,11 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from agent_wake import enums
+from agent_wake.errors import register_constraint_columns
 
 __all__ = [
+    "PARTITION_COLUMN",
+    "WAKE_TABLES",
     "AgentSkill",
     "Base",
     "Conversation",
@@ -37,10 +41,13 @@ __all__ = [
     "WebhookSubscription",
 ]
 
+# Leads the primary key of every wake table: the tables are partitioned by it.
+PARTITION_COLUMN: Final = "conversation_id"
 
-def _one_of(column: str, values: tuple[str, ...]) -> str:
+
+def _one_of(column: str, values: tuple[str, ...], name: str) -> CheckConstraint:
     quoted = ", ".join(f"'{value}'" for value in values)
-    return f"{column} IN ({quoted})"
+    return CheckConstraint(f"{column} IN ({quoted})", name=name, info={"columns": (column,)})
 
 
 def _now_column() -> Mapped[datetime]:
@@ -62,9 +69,14 @@ class Base(DeclarativeBase):
 
     def __repr__(self) -> str:
         # Only the primary key: a repr must never show a column such as
-        # secret_ciphertext, whatever a subclass adds later.
+        # secret_ciphertext, whatever a subclass adds later. Read from the
+        # instance state, never through the attributes: an expired instance
+        # would load itself, which is I/O (MissingGreenlet under asyncio, or
+        # DetachedInstanceError once its session is gone).
         state = inspect(self)
-        key = ", ".join(f"{column.name}={getattr(self, column.name, None)!r}" for column in state.mapper.primary_key)
+        columns = state.mapper.primary_key
+        values = state.identity or tuple(state.dict.get(column.key) for column in columns)
+        key = ", ".join(f"{column.name}={value!r}" for column, value in zip(columns, values, strict=True))
         return f"{type(self).__name__}({key})"
 
 
@@ -119,18 +131,9 @@ class WakeSchedule(Base):
             name="agent_wake_schedules_context_from_fk",
             ondelete="SET NULL",
         ),
-        CheckConstraint(
-            _one_of("execution_mode", enums.EXECUTION_MODES),
-            name="agent_wake_schedules_execution_mode_check",
-        ),
-        CheckConstraint(
-            _one_of("status", enums.SCHEDULE_STATUSES),
-            name="agent_wake_schedules_status_check",
-        ),
-        CheckConstraint(
-            _one_of("missed_fire_policy", enums.MISSED_FIRE_POLICIES),
-            name="agent_wake_schedules_missed_fire_policy_check",
-        ),
+        _one_of("execution_mode", enums.EXECUTION_MODES, "agent_wake_schedules_execution_mode_check"),
+        _one_of("status", enums.SCHEDULE_STATUSES, "agent_wake_schedules_status_check"),
+        _one_of("missed_fire_policy", enums.MISSED_FIRE_POLICIES, "agent_wake_schedules_missed_fire_policy_check"),
         Index(
             "idx_wake_schedules_next_fire",
             "next_fire_at",
@@ -183,18 +186,13 @@ class WebhookSubscription(Base):
             name="webhook_subscriptions_default_skill_fk",
             ondelete="SET NULL",
         ),
-        CheckConstraint(
-            _one_of("execution_mode", enums.EXECUTION_MODES),
-            name="webhook_subscriptions_execution_mode_check",
-        ),
+        _one_of("execution_mode", enums.EXECUTION_MODES, "webhook_subscriptions_execution_mode_check"),
         CheckConstraint(
             "verification_scheme ~ '^[a-z0-9_]+$' AND length(verification_scheme) BETWEEN 1 AND 64",
             name="webhook_subscriptions_verification_scheme_check",
+            info={"columns": ("verification_scheme",)},
         ),
-        CheckConstraint(
-            _one_of("status", enums.SUBSCRIPTION_STATUSES),
-            name="webhook_subscriptions_status_check",
-        ),
+        _one_of("status", enums.SUBSCRIPTION_STATUSES, "webhook_subscriptions_status_check"),
         Index("idx_webhook_subs_conv", "conversation_id", "status"),
         Index("idx_webhook_subs_user", "user_id"),
     )
@@ -244,8 +242,9 @@ class WakeFire(Base):
         CheckConstraint(
             "NOT (schedule_id IS NOT NULL AND webhook_subscription_id IS NOT NULL)",
             name="wake_fires_one_source_check",
+            info={"columns": ("schedule_id", "webhook_subscription_id")},
         ),
-        CheckConstraint(_one_of("status", enums.FIRE_STATUSES), name="wake_fires_status_check"),
+        _one_of("status", enums.FIRE_STATUSES, "wake_fires_status_check"),
     )
     __mapper_args__ = {"eager_defaults": True}
 
@@ -290,3 +289,11 @@ Index(
     WakeFire.actual_fired_at,
     postgresql_where=text("status = 'dispatching'"),
 )
+
+# The partitioned tables agent-wake owns (the stand-ins are the host's). The
+# partition guard and the error translation take what they know from here.
+WAKE_TABLES: Final[tuple[Table, ...]] = tuple(
+    cast(Table, model.__table__) for model in (WakeSchedule, WakeFire, WebhookSubscription)
+)
+for _table in WAKE_TABLES:
+    register_constraint_columns(_table)
