@@ -21,7 +21,7 @@ from agent_wake import (
     WakeSchedule,
     WakeScheduleRepository,
 )
-from agent_wake.factories import WakeFactory
+from agent_wake.testing.factories import WakeFactory
 from tests.clock import NOW, in_minutes
 
 HOUR = timedelta(hours=1)
@@ -75,18 +75,18 @@ async def test_claim_due_writes_a_fire_per_schedule_and_reschedules(
 
     claims = await WakeScheduleRepository(wake_session).claim_due(NOW, limit=10, next_fire=hourly_coalesce)
 
-    assert [claim.schedule.schedule_id for claim in claims] == [first.schedule_id, second.schedule_id]
+    assert [claim.schedule_id for claim in claims] == [first.schedule_id, second.schedule_id]
     for claim, period in zip(claims, [NOW - 2 * HOUR, NOW - HOUR], strict=True):
-        assert claim.fire.status == "dispatching"
-        assert claim.fire.scheduled_fire_at == period
-        assert claim.fire.actual_fired_at == NOW
-        assert (claim.fire.conversation_id, claim.fire.schedule_id) == (
-            claim.schedule.conversation_id,
-            claim.schedule.schedule_id,
-        )
-        assert claim.schedule.next_fire_at == NOW + HOUR
-        assert claim.schedule.last_fired_at == NOW
-        assert claim.schedule.status == "active"
+        fire = await WakeFireRepository(wake_session).get(claim.conversation_id, claim.fire_id)
+        assert fire is not None
+        assert (fire.status, fire.schedule_id) == ("dispatching", claim.schedule_id)
+        assert fire.scheduled_fire_at == claim.scheduled_fire_at == period
+        assert fire.actual_fired_at == claim.fired_at == NOW
+        schedule = await WakeScheduleRepository(wake_session).get(claim.conversation_id, claim.schedule_id)
+        assert schedule is not None
+        assert schedule.next_fire_at == claim.next_fire_at == NOW + HOUR
+        assert schedule.last_fired_at == NOW
+        assert schedule.status == claim.schedule_status == "active"
     assert await WakeScheduleRepository(wake_session).claim_due(NOW, limit=10, next_fire=hourly_coalesce) == []
 
 
@@ -109,12 +109,14 @@ async def test_claimed_schedules_show_what_was_stored_with_nothing_left_to_flush
                     "SELECT status, next_fire_at, last_fired_at, date_updated FROM agent_wake_schedules "
                     "WHERE conversation_id = :c AND schedule_id = :s"
                 ),
-                {"c": claim.schedule.conversation_id, "s": claim.schedule.schedule_id},
+                {"c": claim.conversation_id, "s": claim.schedule_id},
             )
         ).one()
-        schedule = claim.schedule
-        assert (schedule.status, schedule.next_fire_at, schedule.last_fired_at, schedule.date_updated) == tuple(stored)
-    assert {claim.schedule.status for claim in claims} == {"active", "expired"}
+        held = await WakeScheduleRepository(wake_session).get(claim.conversation_id, claim.schedule_id)
+        assert held is not None
+        assert (held.status, held.next_fire_at, held.last_fired_at, held.date_updated) == tuple(stored)
+        assert (claim.schedule_status, claim.next_fire_at) == (held.status, held.next_fire_at)
+    assert {claim.schedule_status for claim in claims} == {"active", "expired"}
 
 
 async def test_claim_due_takes_the_oldest_first_up_to_the_limit(
@@ -122,7 +124,7 @@ async def test_claim_due_takes_the_oldest_first_up_to_the_limit(
 ) -> None:
     schedules = [await wake_factory.schedule(next_fire_at=NOW - minutes * HOUR) for minutes in (1, 3, 2)]
     claims = await WakeScheduleRepository(wake_session).claim_due(NOW, limit=2, next_fire=hourly_coalesce)
-    assert [claim.schedule.schedule_id for claim in claims] == [
+    assert [claim.schedule_id for claim in claims] == [
         schedules[1].schedule_id,
         schedules[2].schedule_id,
     ]
@@ -133,8 +135,8 @@ async def test_a_finished_one_shot_is_expired(wake_factory: WakeFactory, wake_se
         schedule_type="one_shot_at", schedule_config={"fire_at_iso": NOW.isoformat()}, next_fire_at=NOW
     )
     (claim,) = await WakeScheduleRepository(wake_session).claim_due(NOW, limit=10, next_fire=one_shot)
-    assert claim.schedule.schedule_id == schedule.schedule_id
-    assert (claim.schedule.status, claim.schedule.next_fire_at) == ("expired", None)
+    assert claim.schedule_id == schedule.schedule_id
+    assert (claim.schedule_status, claim.next_fire_at) == ("expired", None)
 
 
 async def test_catch_up_claims_each_missed_period_in_turn(
@@ -144,7 +146,7 @@ async def test_catch_up_claims_each_missed_period_in_turn(
     repo = WakeScheduleRepository(wake_session)
     periods = []
     while claims := await repo.claim_due(NOW, limit=10, next_fire=hourly_catch_up):
-        periods.extend(claim.fire.scheduled_fire_at for claim in claims)
+        periods.extend(claim.scheduled_fire_at for claim in claims)
     assert periods == [NOW - 2 * HOUR, NOW - HOUR, NOW]
     assert await count_fires(wake_session, schedule) == 3
 
@@ -184,7 +186,7 @@ async def test_a_schedule_whose_next_fire_fails_is_left_due_and_the_rest_are_cla
 
     claims = await WakeScheduleRepository(wake_session).claim_due(NOW, limit=10, next_fire=next_fire)
 
-    assert [claim.schedule.schedule_id for claim in claims] == [healthy.schedule_id]
+    assert [claim.schedule_id for claim in claims] == [healthy.schedule_id]
     assert await count_fires(wake_session, broken) == 0
     stored = await WakeScheduleRepository(wake_session).get(broken.conversation_id, broken.schedule_id)
     assert stored is not None
@@ -206,7 +208,7 @@ async def test_a_period_that_already_has_its_fire_gets_no_second_one(
 
     claims = await repo.claim_due(NOW, limit=10, next_fire=hourly_coalesce)
 
-    assert [claim.schedule.schedule_id for claim in claims] == [other.schedule_id]
+    assert [claim.schedule_id for claim in claims] == [other.schedule_id]
     assert await count_fires(wake_session, rearmed) == 1
     stored = await repo.get(rearmed.conversation_id, rearmed.schedule_id)
     assert stored is not None
@@ -413,7 +415,7 @@ async def test_eight_workers_claim_every_due_period_exactly_once(wake_engine: As
                 claims = await WakeScheduleRepository(session).claim_due(NOW, limit=100, next_fire=hourly_coalesce)
             if not claims:
                 return claimed
-            claimed.extend(claim.schedule.schedule_id for claim in claims)
+            claimed.extend(claim.schedule_id for claim in claims)
 
     per_worker = await asyncio.gather(*(worker() for _ in range(8)))
     claimed = [schedule_id for batch in per_worker for schedule_id in batch]
@@ -460,5 +462,5 @@ async def test_a_claim_that_dies_before_commit_leaves_the_schedules_claimable(
 
     async with sessions.begin() as next_tick:
         claims = await WakeScheduleRepository(next_tick).claim_due(NOW, limit=50, next_fire=hourly_coalesce)
-    assert {claim.schedule.schedule_id for claim in claims} == {claim.schedule.schedule_id for claim in doomed_claims}
-    assert all(claim.fire.scheduled_fire_at <= NOW for claim in claims)
+    assert {claim.schedule_id for claim in claims} == {claim.schedule_id for claim in doomed_claims}
+    assert all(claim.scheduled_fire_at <= NOW for claim in claims)

@@ -23,6 +23,7 @@ from typing import Final
 
 from sqlalchemy import Table
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.sql.schema import ColumnCollectionConstraint
 
 __all__ = [
     "AgentWakeError",
@@ -181,7 +182,7 @@ def register_constraint_columns(table: Table) -> None:
     """
     columns = _constraint_columns.setdefault(table.name, {})
     for constraint in table.constraints:
-        if isinstance(constraint.name, str):
+        if isinstance(constraint.name, str) and isinstance(constraint, ColumnCollectionConstraint):
             covered = constraint.info.get("columns") or tuple(column.name for column in constraint.columns)
             columns[constraint.name] = tuple(covered)
 
@@ -207,7 +208,7 @@ def _constraint_error(exc: sa_exc.DBAPIError, sqlstate: str) -> AgentWakeError:
 
 def _translated(exc: sa_exc.DBAPIError) -> AgentWakeError:
     sqlstate = getattr(exc.driver_exception, "sqlstate", None) or getattr(exc.orig, "sqlstate", None)
-    if isinstance(sqlstate, str) and sqlstate in _CONSTRAINT_EXPLANATIONS or sqlstate == _UNIQUE_VIOLATION:
+    if (isinstance(sqlstate, str) and sqlstate in _CONSTRAINT_EXPLANATIONS) or sqlstate == _UNIQUE_VIOLATION:
         return _constraint_error(exc, sqlstate)
     if sqlstate in _SERIALIZATION:
         return SerializationError(

@@ -4,34 +4,15 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, TypeVar
 
 import uuid_utils.compat as uuid_utils
-from sqlalchemy import (
-    DateTime,
-    Integer,
-    Table,
-    any_,
-    bindparam,
-    func,
-    insert,
-    literal,
-    null,
-    select,
-    update,
-)
-from sqlalchemy.dialects.postgresql import ARRAY, UUID
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import InstrumentedAttribute
-from sqlalchemy.sql.dml import Insert, Update
-from sqlalchemy.sql.selectable import TypedReturnsRows
 
+from agent_wake import _statements, enums
 from agent_wake import _validation as check
-from agent_wake import enums
-from agent_wake._batch import unnest_rows
-from agent_wake.errors import InvalidInputError, NotFoundError, translate_database_errors
-from agent_wake.models import WakeFire, WakeSchedule, WebhookSubscription
-from agent_wake.partition_guard import spans_partitions
+from agent_wake._repository import DEFAULT_LIST_LIMIT, PartitionedRepository
+from agent_wake.errors import InvalidInputError, NotFoundError
+from agent_wake.models import PARTITION_COLUMN, WakeFire
 
 __all__ = ["FireFailure", "FireSuccess", "WakeFireRepository"]
 
@@ -39,114 +20,27 @@ _MAX_OUTPUT_LENGTH: Final = 1_000_000
 _MAX_LATENCY_MS: Final = 2**31 - 1
 # (conversation_id, fire_id)
 _FireKey = tuple[uuid.UUID, uuid.UUID]
-
-# The hot statements are built once, with bind parameters: a call then skips
-# building the statement and its cache key (for create_dispatching and
-# finalize that was half their client time, bench/ab_revision.py).
-_FIRES: Final = cast(Table, WakeFire.__table__)
-_GET: Final = select(WakeFire).where(
-    WakeFire.conversation_id == bindparam("conversation_id"), WakeFire.fire_id == bindparam("fire_id")
-)
-_LIST_FOR_CONVERSATION: Final = (
-    select(WakeFire)
-    .where(WakeFire.conversation_id == bindparam("conversation_id"))
-    .order_by(WakeFire.actual_fired_at.desc(), WakeFire.fire_id.desc())
-    .limit(bindparam("limit", type_=Integer))
-)
-_COUNT_IN_WINDOW: Final = (
-    select(func.count())
-    .select_from(WakeFire)
-    .where(WakeFire.conversation_id == bindparam("conversation_id"), WakeFire.actual_fired_at >= bindparam("since"))
-)
+# The statement of each outcome kind, found by the columns its validated values
+# carry, so that values and statement cannot drift apart silently.
+_FINALIZING: Final = {_statements.SUCCESS_COLUMNS: "finalize_success", _statements.FAILURE_COLUMNS: "finalize_failed"}
 
 
-def _loaded(statement: Insert | Update) -> TypedReturnsRows[WakeFire]:
-    """The fires ``statement`` writes, as stored, loaded as objects; one the session holds is refreshed.
-
-    The statement is Core DML on the table because, executed with a
-    parameter dict, an ORM-enabled INSERT is a bulk INSERT of that dict. The
-    UPDATE is built the same way so that both return the row as stored.
-    """
-    loading = select(WakeFire).from_statement(statement.returning(*_FIRES.c))
-    return cast(TypedReturnsRows[WakeFire], loading.execution_options(populate_existing=True))
-
-
-def _dispatching_from(
-    source_columns: tuple[Any, Any],
-    source_conversation: InstrumentedAttribute[uuid.UUID],
-    source_id: InstrumentedAttribute[uuid.UUID],
-) -> TypedReturnsRows[WakeFire]:
-    """``INSERT ... SELECT`` of a ``dispatching`` fire from its source's row in the same conversation.
-
-    ``source_columns`` are the fire's (schedule_id, webhook_subscription_id):
-    the source's id column and NULL. Parameters: conversation_id,
-    source_id, fire_id, scheduled_fire_at, actual_fired_at (NULL: ``now()``).
-    """
-    row = select(
-        *source_columns,
-        bindparam("conversation_id", type_=UUID(as_uuid=True)),
-        bindparam("fire_id", type_=UUID(as_uuid=True)),
-        bindparam("scheduled_fire_at", type_=DateTime(timezone=True)),
-        func.coalesce(bindparam("actual_fired_at", type_=DateTime(timezone=True)), func.now()),
-        literal("dispatching"),
-    ).where(source_conversation == bindparam("conversation_id"), source_id == bindparam("source_id"))
-    columns = [
-        "schedule_id",
-        "webhook_subscription_id",
-        "conversation_id",
-        "fire_id",
-        "scheduled_fire_at",
-        "actual_fired_at",
-        "status",
-    ]
-    return _loaded(insert(_FIRES).from_select(columns, row))
-
-
-def _finalizing(columns: tuple[str, ...]) -> TypedReturnsRows[WakeFire]:
-    """``UPDATE`` of the ``dispatching`` fire (target_conversation_id, target_fire_id)
-    setting ``columns`` from the parameters ``new_<column>``."""
-    # An UPDATE reserves bind names equal to column names for its SET clause
-    # (the INSERT ... SELECT above has none, so its names can be the columns').
-    return _loaded(
-        update(_FIRES)
-        .where(
-            _FIRES.c.conversation_id == bindparam("target_conversation_id"),
-            _FIRES.c.fire_id == bindparam("target_fire_id"),
-            _FIRES.c.status == "dispatching",
-        )
-        .values({column: bindparam(f"new_{column}", type_=_FIRES.c[column].type) for column in columns})
-    )
-
-
-_DISPATCHING_FROM_SCHEDULE: Final = _dispatching_from(
-    (WakeSchedule.schedule_id, null()), WakeSchedule.conversation_id, WakeSchedule.schedule_id
-)
-_DISPATCHING_FROM_SUBSCRIPTION: Final = _dispatching_from(
-    (null(), WebhookSubscription.subscription_id),
-    WebhookSubscription.conversation_id,
-    WebhookSubscription.subscription_id,
-)
-# One statement per set of columns a finalization writes, keyed by those
-# columns in the order _success_values and _failure_values list them.
-_FINALIZING: Final[dict[tuple[str, ...], TypedReturnsRows[WakeFire]]] = {
-    columns: _finalizing(columns)
-    for columns in (
-        ("status", "output_text", "latency_ms", "display_suppressed"),
-        ("status", "error", "latency_ms"),
-    )
-}
-
-
-class WakeFireRepository:
+class WakeFireRepository(PartitionedRepository[WakeFire]):
     """Writes and reads the fires of one conversation at a time.
 
-    Every method takes ``conversation_id`` first and puts it in the SQL's
+    Every method but :meth:`list_stale_dispatching` and the batch
+    finalizations takes ``conversation_id`` first and puts it in the SQL's
     WHERE clause. Methods flush but never commit: the caller owns the
-    transaction.
+    transaction. Every fire returned is the row as stored, and an object of
+    it that the session held is refreshed. ``get(conversation_id, fire_id)``,
+    ``list_for_conversation(conversation_id, limit=200)`` (newest first) and
+    ``delete(conversation_id, fire_id)`` come from the shared base.
     """
 
-    def __init__(self, session: AsyncSession) -> None:
-        self._session = session
+    model = WakeFire
+    id_column = "fire_id"
+    entity = "fire"
+    statements = "fires"
 
     async def create_dispatching(
         self,
@@ -164,39 +58,37 @@ class WakeFireRepository:
         ``webhook_subscription_id``, which must belong to the same
         conversation. The row is inserted by an ``INSERT ... SELECT`` from
         the source's own partition, so a source of another conversation
-        inserts nothing and is refused: one round trip either way.
-        ``actual_fired_at`` defaults to the transaction's ``now()``.
+        inserts nothing and is refused (:class:`~agent_wake.errors.NotFoundError`):
+        one round trip either way. ``actual_fired_at`` defaults to the
+        transaction's ``now()``. A second fire for the same schedule period
+        is a :class:`~agent_wake.errors.DuplicateError`.
         """
-        conversation_id = check.require_uuid("conversation_id", conversation_id)
+        conversation_id = check.require_uuid(PARTITION_COLUMN, conversation_id)
         schedule_id = check.optional_uuid("schedule_id", schedule_id)
         webhook_subscription_id = check.optional_uuid("webhook_subscription_id", webhook_subscription_id)
         if schedule_id is not None and webhook_subscription_id is not None:
             raise InvalidInputError(
                 "webhook_subscription_id", "a fire has one source: give schedule_id or this, not both"
             )
-        fire_id = uuid_utils.uuid7() if fire_id is None else check.require_uuid("fire_id", fire_id)
-        scheduled_fire_at = check.optional_aware("scheduled_fire_at", scheduled_fire_at)
-        actual_fired_at = check.optional_aware("actual_fired_at", actual_fired_at)
-
+        parameters = {
+            PARTITION_COLUMN: conversation_id,
+            "fire_id": uuid_utils.uuid7() if fire_id is None else check.require_uuid("fire_id", fire_id),
+            "scheduled_fire_at": check.optional_aware("scheduled_fire_at", scheduled_fire_at),
+            "actual_fired_at": check.optional_aware("actual_fired_at", actual_fired_at),
+        }
         if schedule_id is not None:
-            source_name = f"schedule {schedule_id}"
-            source_id, statement = schedule_id, _DISPATCHING_FROM_SCHEDULE
+            source, source_id = "schedule", schedule_id
+            statement = self._prebuilt("create_dispatching_from_schedule")
+            parameters["schedule_id"] = schedule_id
         elif webhook_subscription_id is not None:
-            source_name = f"webhook subscription {webhook_subscription_id}"
-            source_id, statement = webhook_subscription_id, _DISPATCHING_FROM_SUBSCRIPTION
+            source, source_id = "webhook subscription", webhook_subscription_id
+            statement = self._prebuilt("create_dispatching_from_subscription")
+            parameters["subscription_id"] = webhook_subscription_id
         else:
             raise InvalidInputError("schedule_id", "a fire needs a source: give schedule_id or webhook_subscription_id")
-        parameters = {
-            "conversation_id": conversation_id,
-            "source_id": source_id,
-            "fire_id": fire_id,
-            "scheduled_fire_at": scheduled_fire_at,
-            "actual_fired_at": actual_fired_at,
-        }
-        with translate_database_errors():
-            fire: WakeFire | None = (await self._session.scalars(statement, parameters)).one_or_none()
+        fire: WakeFire | None = await self._one_or_none(statement, parameters)
         if fire is None:
-            raise NotFoundError(f"{source_name} not found in conversation {conversation_id}")
+            raise NotFoundError(source, conversation_id, source_id)
         return fire
 
     async def finalize_success(
@@ -227,8 +119,7 @@ class WakeFireRepository:
         latency_ms: int | None = None,
     ) -> WakeFire:
         """Move a ``dispatching`` fire to ``failed`` with ``error``; harmless on a final fire."""
-        outcome = FireFailure(conversation_id, fire_id, error, latency_ms)
-        return await self._finalize(*_failure_values(outcome, ""))
+        return await self._finalize(*_failure_values(FireFailure(conversation_id, fire_id, error, latency_ms), ""))
 
     async def finalize_success_batch(self, outcomes: Sequence["FireSuccess"]) -> list[WakeFire]:
         """Finalize many ``dispatching`` fires (any conversations) in one round trip.
@@ -252,55 +143,23 @@ class WakeFireRepository:
         ]
         return await self._finalize_batch(rows)
 
-    async def list_stale_dispatching(self, older_than: datetime, *, limit: int = 200) -> list[WakeFire]:
+    async def list_stale_dispatching(self, older_than: datetime, *, limit: int = DEFAULT_LIST_LIMIT) -> list[WakeFire]:
         """Cross-partition: fires still ``dispatching`` that started before ``older_than``, oldest first.
 
         Evidence of a process that died mid-dispatch, for a recovery job,
         which then finalizes them (finalizing twice is harmless). Served by
-        the partial index ``idx_wake_fires_dispatching``.
+        the partial index ``idx_wake_fires_dispatching``. One SELECT.
         """
-        statement = (
-            select(WakeFire)
-            .where(
-                WakeFire.status == "dispatching",
-                WakeFire.actual_fired_at < check.require_aware("older_than", older_than),
-            )
-            .order_by(WakeFire.actual_fired_at, WakeFire.fire_id)
-            .limit(check.require_limit(limit))
-            .execution_options(**spans_partitions("recovery: find fires left dispatching"))
-        )
-        return list(await self._session.scalars(statement))
-
-    async def get(self, conversation_id: uuid.UUID, fire_id: uuid.UUID) -> WakeFire | None:
-        """The fire, or ``None`` when this conversation has no such fire."""
-        parameters = {
-            "conversation_id": check.require_uuid("conversation_id", conversation_id),
-            "fire_id": check.require_uuid("fire_id", fire_id),
-        }
-        return (await self._session.scalars(_GET, parameters)).one_or_none()
+        parameters = {"older_than": check.require_aware("older_than", older_than), "limit": check.require_limit(limit)}
+        return await self._all(self._prebuilt("list_stale_dispatching"), parameters)
 
     async def list_for_schedule(
-        self, conversation_id: uuid.UUID, schedule_id: uuid.UUID, *, limit: int = 50
+        self, conversation_id: uuid.UUID, schedule_id: uuid.UUID, *, limit: int = DEFAULT_LIST_LIMIT
     ) -> list[WakeFire]:
-        """The schedule's fires, newest first."""
-        statement = (
-            select(WakeFire)
-            .where(
-                WakeFire.conversation_id == check.require_uuid("conversation_id", conversation_id),
-                WakeFire.schedule_id == check.require_uuid("schedule_id", schedule_id),
-            )
-            .order_by(WakeFire.actual_fired_at.desc(), WakeFire.fire_id.desc())
-            .limit(check.require_limit(limit))
-        )
-        return list(await self._session.scalars(statement))
-
-    async def list_for_conversation(self, conversation_id: uuid.UUID, *, limit: int = 50) -> list[WakeFire]:
-        """The conversation's fires from every source, newest first."""
-        parameters = {
-            "conversation_id": check.require_uuid("conversation_id", conversation_id),
-            "limit": check.require_limit(limit),
-        }
-        return list(await self._session.scalars(_LIST_FOR_CONVERSATION, parameters))
+        """The schedule's fires, newest first. One SELECT."""
+        parameters: dict[str, Any] = self._schedule_parameters(conversation_id, schedule_id)
+        parameters["limit"] = check.require_limit(limit)
+        return await self._all(self._prebuilt("list_for_schedule"), parameters)
 
     async def latest_for_schedule(
         self,
@@ -309,22 +168,15 @@ class WakeFireRepository:
         *,
         statuses: Iterable[enums.FireStatus] | None = None,
     ) -> WakeFire | None:
-        """The schedule's most recent fire, or ``None``.
+        """The schedule's most recent fire, or ``None``. One SELECT.
 
         ``statuses`` keeps only fires in those statuses; a context-from
         reader passes ``OUTPUT_FIRE_STATUSES`` (``fired``, ``fired_silent``)
         to get the last output.
         """
-        statement = select(WakeFire).where(
-            WakeFire.conversation_id == check.require_uuid("conversation_id", conversation_id),
-            WakeFire.schedule_id == check.require_uuid("schedule_id", schedule_id),
-        )
-        if statuses is not None:
-            statement = statement.where(
-                WakeFire.status.in_(check.require_choices("statuses", statuses, enums.FIRE_STATUSES))
-            )
-        statement = statement.order_by(WakeFire.actual_fired_at.desc(), WakeFire.fire_id.desc()).limit(1)
-        return (await self._session.scalars(statement)).one_or_none()
+        parameters: dict[str, Any] = self._schedule_parameters(conversation_id, schedule_id)
+        parameters["statuses"] = _statuses(statuses)
+        return await self._one_or_none(self._prebuilt("latest_for_schedule"), parameters)  # type: ignore[no-any-return]
 
     async def count_in_window(
         self,
@@ -333,72 +185,49 @@ class WakeFireRepository:
         *,
         statuses: Iterable[enums.FireStatus] | None = None,
     ) -> int:
-        """How many fires the conversation had at or after ``since`` (for rate limits and caps)."""
+        """How many fires the conversation had at or after ``since`` (for rate limits and caps). One SELECT."""
         parameters = {
-            "conversation_id": check.require_uuid("conversation_id", conversation_id),
+            PARTITION_COLUMN: check.require_uuid(PARTITION_COLUMN, conversation_id),
             "since": check.require_aware("since", since),
+            "statuses": _statuses(statuses),
         }
-        statement = _COUNT_IN_WINDOW
-        if statuses is not None:
-            statement = statement.where(
-                WakeFire.status.in_(check.require_choices("statuses", statuses, enums.FIRE_STATUSES))
-            )
-        return int((await self._session.execute(statement, parameters)).scalar_one())
+        return int(await self._scalar(self._prebuilt("count_in_window"), parameters))
+
+    @staticmethod
+    def _schedule_parameters(conversation_id: object, schedule_id: object) -> dict[str, uuid.UUID]:
+        return {
+            PARTITION_COLUMN: check.require_uuid(PARTITION_COLUMN, conversation_id),
+            "schedule_id": check.require_uuid("schedule_id", schedule_id),
+        }
 
     async def _finalize(self, key: _FireKey, values: dict[str, Any]) -> WakeFire:
         conversation_id, fire_id = key
         parameters = {"target_conversation_id": conversation_id, "target_fire_id": fire_id}
         parameters.update((f"new_{column}", value) for column, value in values.items())
-        with translate_database_errors():
-            fire: WakeFire | None = (await self._session.scalars(_FINALIZING[tuple(values)], parameters)).one_or_none()
+        fire: WakeFire | None = await self._one_or_none(self._prebuilt(_FINALIZING[tuple(values)]), parameters)
         if fire is not None:
             return fire
-        # The first finalization's result, as stored: a copy this session
-        # loaded while the fire was still dispatching must not stand in for it.
-        already_final = (
-            await self._session.scalars(
-                _GET,
-                {"conversation_id": conversation_id, "fire_id": fire_id},
-                execution_options={"populate_existing": True},
-            )
-        ).one_or_none()
+        # The first finalization's result, as stored (get refreshes a copy
+        # this session loaded while the fire was still dispatching).
+        already_final = await self.get(conversation_id, fire_id)
         if already_final is None:
-            raise NotFoundError(f"fire {fire_id} not found in conversation {conversation_id}")
+            raise NotFoundError(self.entity, conversation_id, fire_id)
         return already_final
 
-    async def _finalize_batch(
-        self,
-        rows: list[tuple[tuple[uuid.UUID, uuid.UUID], dict[str, Any]]],
-    ) -> list[WakeFire]:
+    async def _finalize_batch(self, rows: list[tuple[_FireKey, dict[str, Any]]]) -> list[WakeFire]:
         if not rows:
             return []
         columns = tuple(rows[0][1])
         keys = [key for key, _ in rows]
         if len(set(keys)) != len(keys):
             raise InvalidInputError("outcomes", "names the same fire more than once")
-        conversation_ids = [conversation_id for conversation_id, _ in keys]
-        outcome = unnest_rows(
-            "outcome",
-            {
-                "conversation_id": (conversation_ids, UUID(as_uuid=True)),
-                "fire_id": ([fire_id for _, fire_id in keys], UUID(as_uuid=True)),
-                **{column: ([values[column] for _, values in rows], _FIRES.c[column].type) for column in columns},
-            },
-        )
-        statement = (
-            update(WakeFire)
-            .where(
-                WakeFire.conversation_id == any_(literal(conversation_ids, ARRAY(UUID(as_uuid=True)))),
-                WakeFire.conversation_id == outcome.c.conversation_id,
-                WakeFire.fire_id == outcome.c.fire_id,
-                WakeFire.status == "dispatching",
-            )
-            .values({column: outcome.c[column] for column in columns})
-            .returning(WakeFire)
-            .execution_options(synchronize_session=False, populate_existing=True)
-        )
-        with translate_database_errors():
-            return list(await self._session.scalars(statement))
+        parameters: dict[str, list[Any]] = {
+            "outcome_conversation_id": [conversation_id for conversation_id, _ in keys],
+            "outcome_fire_id": [fire_id for _, fire_id in keys],
+        }
+        for column in columns:
+            parameters[f"outcome_{column}"] = [values[column] for _, values in rows]
+        return await self._all(self._prebuilt(_FINALIZING[columns] + "_batch"), parameters)
 
 
 @dataclass(frozen=True)
@@ -440,6 +269,12 @@ def _fire_key(outcome: FireSuccess | FireFailure, prefix: str) -> _FireKey:
         check.require_uuid(f"{prefix}conversation_id", outcome.conversation_id),
         check.require_uuid(f"{prefix}fire_id", outcome.fire_id),
     )
+
+
+def _statuses(statuses: Iterable[enums.FireStatus] | None) -> list[str]:
+    if statuses is None:
+        return list(enums.FIRE_STATUSES)
+    return list(check.require_choices("statuses", statuses, enums.FIRE_STATUSES))
 
 
 def _success_values(outcome: FireSuccess, prefix: str) -> tuple[_FireKey, dict[str, Any]]:

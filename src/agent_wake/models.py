@@ -16,8 +16,8 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     LargeBinary,
-    Table,
     PrimaryKeyConstraint,
+    Table,
     Text,
     UniqueConstraint,
     func,
@@ -75,7 +75,7 @@ class Base(DeclarativeBase):
         # DetachedInstanceError once its session is gone).
         state = inspect(self)
         columns = state.mapper.primary_key
-        values = state.identity or tuple(state.dict.get(column.key) for column in columns)
+        values = state.identity or tuple(state.dict.get(str(column.key)) for column in columns)
         key = ", ".join(f"{column.name}={value!r}" for column, value in zip(columns, values, strict=True))
         return f"{type(self).__name__}({key})"
 

@@ -1,97 +1,117 @@
-"""Partition-scoped access to ``agent_wake_schedules``."""
+"""Partition-scoped access to ``agent_wake_schedules``, and the tick's claim."""
 
+import logging
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from functools import partial
+from typing import Any, Final, TypedDict, Unpack
 
 import uuid_utils.compat as uuid_utils
-from sqlalchemy import ColumnElement, Integer, bindparam, delete, func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from agent_wake import _claiming, enums
 from agent_wake import _validation as check
-from agent_wake.errors import (
-    ConflictError,
-    InvalidInputError,
-    NotFoundError,
-    translate_database_errors,
-)
-from agent_wake.models import WakeFire, WakeSchedule
-from agent_wake.partition_guard import spans_partitions
+from agent_wake import enums
+from agent_wake._repository import DEFAULT_LIST_LIMIT, PartitionedRepository
+from agent_wake.errors import InvalidInputError, NotFoundError, translate_database_errors
+from agent_wake.models import PARTITION_COLUMN, WakeSchedule
 from agent_wake.schedule_configs import validate_schedule_config
 
-__all__ = ["ClaimedFire", "NextFire", "WakeScheduleRepository"]
+__all__ = ["ClaimedFire", "NextFire", "ScheduleChanges", "WakeScheduleRepository"]
+
+_logger = logging.getLogger(__name__)
 
 # The caller's schedule arithmetic: the instant after the claimed period, or
 # None when the schedule is finished (a one-shot).
 NextFire = Callable[[WakeSchedule, datetime], datetime | None]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ClaimedFire:
-    """One schedule claimed by :meth:`WakeScheduleRepository.claim_due` and its new fire."""
+    """One schedule claimed by :meth:`WakeScheduleRepository.claim_due`: its new
+    ``dispatching`` fire and what a dispatcher needs of the schedule.
 
-    schedule: WakeSchedule
-    fire: WakeFire
+    Plain values, not ORM objects: a claim stays readable after its
+    transaction commits, whatever the session factory's ``expire_on_commit``.
+    ``next_fire_at`` and ``schedule_status`` are the schedule's after the
+    claim (``expired`` when ``next_fire`` returned None).
+    """
+
+    conversation_id: uuid.UUID
+    schedule_id: uuid.UUID
+    fire_id: uuid.UUID
+    scheduled_fire_at: datetime
+    fired_at: datetime
+    next_fire_at: datetime | None
+    schedule_status: enums.ScheduleStatus
+    user_id: uuid.UUID
+    agent_id: uuid.UUID
+    skill_id: uuid.UUID | None
+    schedule_type: str
+    schedule_config: dict[str, Any]
+    task_prompt: str | None
+    execution_mode: enums.ExecutionMode
+    name: str | None
+    context_from_schedule_id: uuid.UUID | None
+    include_conversation_history: bool
+
+
+class ScheduleChanges(TypedDict, total=False):
+    """The fields :meth:`WakeScheduleRepository.update` may change."""
+
+    schedule_type: str
+    schedule_config: Mapping[str, Any]
+    skill_id: uuid.UUID | None
+    task_prompt: str | None
+    execution_mode: enums.ExecutionMode
+    name: str | None
+    missed_fire_policy: enums.MissedFirePolicy
+    context_from_schedule_id: uuid.UUID | None
+    include_conversation_history: bool
 
 
 _MAX_PROMPT_LENGTH: Final = 100_000
 _MAX_NAME_LENGTH: Final = 500
 # Statuses a schedule can be created in; "expired" is reached only by firing.
 _CREATABLE_STATUSES: Final[tuple[enums.ScheduleStatus, ...]] = ("active", "paused")
-_UPDATABLE_FIELDS: Final = frozenset(
-    {
-        "schedule_type",
-        "schedule_config",
-        "skill_id",
-        "task_prompt",
-        "execution_mode",
-        "name",
-        "missed_fire_policy",
-        "context_from_schedule_id",
-        "include_conversation_history",
-    }
-)
-
-
-# The hottest reads are built once, with bind parameters: a call then skips
-# building the statement and its cache key (a third of a get's client time).
-_GET: Final = select(WakeSchedule).where(
-    WakeSchedule.conversation_id == bindparam("conversation_id"),
-    WakeSchedule.schedule_id == bindparam("schedule_id"),
-)
-_LIST_FOR_CONVERSATION: Final = (
-    select(WakeSchedule)
-    .where(WakeSchedule.conversation_id == bindparam("conversation_id"))
-    .order_by(WakeSchedule.date_created.desc(), WakeSchedule.schedule_id.desc())
-    .limit(bindparam("limit", type_=Integer))
-)
-
+_NOT_EXPIRED: Final[tuple[enums.ScheduleStatus, ...]] = ("active", "paused")
+# The rule of each plain field, shared by create and update: (field, value) -> accepted value.
+_FIELD_RULES: Final[Mapping[str, Callable[[str, Any], object]]] = {
+    "user_id": check.require_uuid,
+    "agent_id": check.require_uuid,
+    "skill_id": check.optional_uuid,
+    "task_prompt": partial(check.optional_text, max_length=_MAX_PROMPT_LENGTH),
+    "execution_mode": partial(check.require_choice, choices=enums.EXECUTION_MODES),
+    "name": partial(check.optional_text, max_length=_MAX_NAME_LENGTH),
+    "missed_fire_policy": partial(check.require_choice, choices=enums.MISSED_FIRE_POLICIES),
+    "context_from_schedule_id": check.optional_uuid,
+    "include_conversation_history": check.require_bool,
+}
 _UPDATE_HINTS: Final = {
     "status": " (use pause, resume or mark_expired)",
     "next_fire_at": " (use update_next_fire_at or resume)",
 }
 
 
-def _this_schedule(conversation_id: uuid.UUID, schedule_id: uuid.UUID) -> ColumnElement[bool]:
-    return (WakeSchedule.conversation_id == conversation_id) & (WakeSchedule.schedule_id == schedule_id)
-
-
-class WakeScheduleRepository:
+class WakeScheduleRepository(PartitionedRepository[WakeSchedule]):
     """Reads and writes the wake schedules of one conversation at a time.
 
-    Every method but :meth:`list_due` takes ``conversation_id`` first and puts
-    it in the SQL's WHERE clause. Methods flush but never commit: the caller
-    owns the transaction. Arguments are validated before any SQL runs; a
-    database error aborts the caller's transaction and is raised as an
-    :class:`~agent_wake.errors.AgentWakeError`, so rolling back leaves the
-    database as it was.
+    Every method but :meth:`list_due` and :meth:`claim_due` takes
+    ``conversation_id`` first and puts it in the SQL's WHERE clause. Methods
+    flush but never commit: the caller owns the transaction. Arguments are
+    validated before any SQL runs; a database failure is raised as an
+    :class:`~agent_wake.errors.AgentWakeError`, and rolling back leaves the
+    database as it was. Every schedule returned is the row as stored, and an
+    object of it that the session held is refreshed.
+    ``get(conversation_id, schedule_id)``, ``list_for_conversation(conversation_id,
+    limit=200)`` (newest first) and ``delete(conversation_id, schedule_id)``
+    (its fires go with it, ON DELETE CASCADE) come from the shared base.
     """
 
-    def __init__(self, session: AsyncSession) -> None:
-        self._session = session
+    model = WakeSchedule
+    id_column = "schedule_id"
+    entity = "schedule"
+    statements = "schedules"
 
     async def create(
         self,
@@ -118,167 +138,101 @@ class WakeScheduleRepository:
         ``context_from_schedule_id`` must name another schedule of the same
         conversation (one extra SELECT when given). One INSERT otherwise.
         """
-        conversation_id = check.require_uuid("conversation_id", conversation_id)
-        schedule_id = uuid_utils.uuid7() if schedule_id is None else check.require_uuid("schedule_id", schedule_id)
+        key = self._key_parameters(conversation_id, uuid_utils.uuid7() if schedule_id is None else schedule_id)
         status = check.require_choice("status", status, _CREATABLE_STATUSES)
         next_fire_at = check.optional_aware("next_fire_at", next_fire_at)
         if status != "active" and next_fire_at is not None:
             raise InvalidInputError("next_fire_at", "must be None unless status is 'active'")
-        schedule = WakeSchedule(
-            conversation_id=conversation_id,
-            schedule_id=schedule_id,
-            user_id=check.require_uuid("user_id", user_id),
-            agent_id=check.require_uuid("agent_id", agent_id),
-            skill_id=check.optional_uuid("skill_id", skill_id),
-            schedule_type=check.require_slug("schedule_type", schedule_type),
-            schedule_config=validate_schedule_config(schedule_type, schedule_config),
-            task_prompt=check.optional_text("task_prompt", task_prompt, max_length=_MAX_PROMPT_LENGTH),
-            execution_mode=check.require_choice("execution_mode", execution_mode, enums.EXECUTION_MODES),
-            status=status,
-            next_fire_at=next_fire_at,
-            name=check.optional_text("name", name, max_length=_MAX_NAME_LENGTH),
-            missed_fire_policy=check.require_choice(
-                "missed_fire_policy", missed_fire_policy, enums.MISSED_FIRE_POLICIES
-            ),
-            context_from_schedule_id=check.optional_uuid("context_from_schedule_id", context_from_schedule_id),
-            include_conversation_history=check.require_bool(
-                "include_conversation_history", include_conversation_history
-            ),
-        )
-        if schedule.context_from_schedule_id is not None:
-            await self._require_context_source(conversation_id, schedule_id, schedule.context_from_schedule_id)
-        self._session.add(schedule)
-        with translate_database_errors():
-            await self._session.flush()
-        return schedule
-
-    async def get(self, conversation_id: uuid.UUID, schedule_id: uuid.UUID) -> WakeSchedule | None:
-        """The schedule, or ``None`` when this conversation has no such schedule."""
-        parameters = {
-            "conversation_id": check.require_uuid("conversation_id", conversation_id),
-            "schedule_id": check.require_uuid("schedule_id", schedule_id),
+        given = {
+            "user_id": user_id,
+            "agent_id": agent_id,
+            "skill_id": skill_id,
+            "task_prompt": task_prompt,
+            "execution_mode": execution_mode,
+            "name": name,
+            "missed_fire_policy": missed_fire_policy,
+            "context_from_schedule_id": context_from_schedule_id,
+            "include_conversation_history": include_conversation_history,
         }
-        return (await self._session.scalars(_GET, parameters)).one_or_none()
+        values: dict[str, Any] = {field: _FIELD_RULES[field](field, value) for field, value in given.items()}
+        schedule_type = check.require_slug("schedule_type", schedule_type)
+        values["schedule_config"] = validate_schedule_config(schedule_type, schedule_config)
+        if values["context_from_schedule_id"] is not None:
+            await self._require_context_source(key, values["context_from_schedule_id"])
+        schedule = WakeSchedule(**key, schedule_type=schedule_type, status=status, next_fire_at=next_fire_at, **values)
+        return await self._insert(schedule)
 
-    async def list_for_conversation(self, conversation_id: uuid.UUID, *, limit: int = 200) -> list[WakeSchedule]:
-        """The conversation's schedules in every status, newest first."""
+    async def list_active_for_conversation(
+        self, conversation_id: uuid.UUID, *, limit: int = DEFAULT_LIST_LIMIT
+    ) -> list[WakeSchedule]:
+        """The conversation's active schedules, soonest ``next_fire_at`` first, unset last. One SELECT."""
         parameters = {
-            "conversation_id": check.require_uuid("conversation_id", conversation_id),
+            PARTITION_COLUMN: check.require_uuid(PARTITION_COLUMN, conversation_id),
             "limit": check.require_limit(limit),
         }
-        return list(await self._session.scalars(_LIST_FOR_CONVERSATION, parameters))
-
-    async def list_active_for_conversation(self, conversation_id: uuid.UUID, *, limit: int = 200) -> list[WakeSchedule]:
-        """The conversation's active schedules, soonest ``next_fire_at`` first, unset last."""
-        statement = (
-            select(WakeSchedule)
-            .where(
-                WakeSchedule.conversation_id == check.require_uuid("conversation_id", conversation_id),
-                WakeSchedule.status == "active",
-            )
-            .order_by(WakeSchedule.next_fire_at.asc().nulls_last(), WakeSchedule.schedule_id)
-            .limit(check.require_limit(limit))
-        )
-        return list(await self._session.scalars(statement))
+        return await self._all(self._prebuilt("list_active_for_conversation"), parameters)
 
     async def count_active_for_conversation(self, conversation_id: uuid.UUID) -> int:
-        """How many active schedules the conversation has (for per-conversation caps)."""
-        statement = (
-            select(func.count())
-            .select_from(WakeSchedule)
-            .where(
-                WakeSchedule.conversation_id == check.require_uuid("conversation_id", conversation_id),
-                WakeSchedule.status == "active",
-            )
-        )
-        return int((await self._session.execute(statement)).scalar_one())
+        """How many active schedules the conversation has (for per-conversation caps). One SELECT."""
+        parameters = {PARTITION_COLUMN: check.require_uuid(PARTITION_COLUMN, conversation_id)}
+        return int(await self._scalar(self._prebuilt("count_active_for_conversation"), parameters))
 
-    async def update(self, conversation_id: uuid.UUID, schedule_id: uuid.UUID, /, **changes: Any) -> WakeSchedule:
-        """Change the named fields and return the schedule.
+    async def update(
+        self, conversation_id: uuid.UUID, schedule_id: uuid.UUID, /, **changes: Unpack[ScheduleChanges]
+    ) -> WakeSchedule:
+        """Change the named fields and return the schedule as stored.
 
         Status changes go through :meth:`pause`, :meth:`resume` and
         :meth:`mark_expired`, and ``next_fire_at`` through
-        :meth:`update_next_fire_at` (active schedules only); they are refused
-        here, as are unknown fields.
-        Changing only ``schedule_config`` validates it against the stored
-        type (one extra SELECT).
+        :meth:`update_next_fire_at`; they are refused here, as are unknown
+        fields. Changing ``schedule_config`` alone validates it against the
+        stored type (one extra SELECT). One UPDATE.
         """
-        conversation_id = check.require_uuid("conversation_id", conversation_id)
-        schedule_id = check.require_uuid("schedule_id", schedule_id)
+        key = self._key_parameters(conversation_id, schedule_id)
         if not changes:
             raise InvalidInputError("changes", "name at least one field to update")
+        allowed = ScheduleChanges.__optional_keys__
         for field in changes:
-            if field not in _UPDATABLE_FIELDS:
-                raise InvalidInputError(
-                    field,
-                    "cannot be changed with update()" + _UPDATE_HINTS.get(field, ""),
-                )
-        values = await self._validated_changes(conversation_id, schedule_id, changes)
-        return await self._update_one(conversation_id, schedule_id, values, action="update", extra_where=None)
+            if field not in allowed:
+                raise InvalidInputError(field, "cannot be changed with update()" + _UPDATE_HINTS.get(field, ""))
+        values: dict[str, Any] = {
+            field: _FIELD_RULES[field](field, value) for field, value in changes.items() if field in _FIELD_RULES
+        }
+        if "schedule_type" in changes or "schedule_config" in changes:
+            values.update(await self._validated_type_change(key, changes))
+        if values.get("context_from_schedule_id") is not None:
+            await self._require_context_source(key, values["context_from_schedule_id"])
+        return await self._update_one(key, values, action="update")
 
     async def update_next_fire_at(
         self, conversation_id: uuid.UUID, schedule_id: uuid.UUID, next_fire_at: datetime | None
     ) -> WakeSchedule:
         """Set ``next_fire_at`` of an active schedule; refuses a paused or expired one."""
-        return await self._update_one(
-            check.require_uuid("conversation_id", conversation_id),
-            check.require_uuid("schedule_id", schedule_id),
-            {"next_fire_at": check.optional_aware("next_fire_at", next_fire_at)},
-            action="set next_fire_at of",
-            extra_where=WakeSchedule.status == "active",
-        )
+        key = self._key_parameters(conversation_id, schedule_id)
+        values = {"next_fire_at": check.optional_aware("next_fire_at", next_fire_at)}
+        return await self._update_one(key, values, action="set next_fire_at of", allowed_statuses=("active",))
 
     async def pause(self, conversation_id: uuid.UUID, schedule_id: uuid.UUID) -> WakeSchedule:
         """Active → paused, clearing ``next_fire_at``; pausing a paused one changes nothing.
 
-        Refuses an expired schedule.
+        Refuses an expired schedule (:class:`~agent_wake.errors.StatusConflictError`).
         """
-        return await self._update_one(
-            check.require_uuid("conversation_id", conversation_id),
-            check.require_uuid("schedule_id", schedule_id),
-            {"status": "paused", "next_fire_at": None},
-            action="pause",
-            extra_where=WakeSchedule.status.in_(("active", "paused")),
-        )
+        key = self._key_parameters(conversation_id, schedule_id)
+        values = {"status": "paused", "next_fire_at": None}
+        return await self._update_one(key, values, action="pause", allowed_statuses=_NOT_EXPIRED)
 
     async def resume(
         self, conversation_id: uuid.UUID, schedule_id: uuid.UUID, *, next_fire_at: datetime
     ) -> WakeSchedule:
         """Paused → active, firing next at ``next_fire_at``. Never revives an expired schedule."""
-        return await self._update_one(
-            check.require_uuid("conversation_id", conversation_id),
-            check.require_uuid("schedule_id", schedule_id),
-            {"status": "active", "next_fire_at": check.require_aware("next_fire_at", next_fire_at)},
-            action="resume",
-            extra_where=WakeSchedule.status.in_(("active", "paused")),
-        )
+        key = self._key_parameters(conversation_id, schedule_id)
+        values = {"status": "active", "next_fire_at": check.require_aware("next_fire_at", next_fire_at)}
+        return await self._update_one(key, values, action="resume", allowed_statuses=_NOT_EXPIRED)
 
     async def mark_expired(self, conversation_id: uuid.UUID, schedule_id: uuid.UUID) -> WakeSchedule:
         """Mark the schedule expired (terminal) and clear ``next_fire_at``."""
-        return await self._update_one(
-            check.require_uuid("conversation_id", conversation_id),
-            check.require_uuid("schedule_id", schedule_id),
-            {"status": "expired", "next_fire_at": None},
-            action="expire",
-            extra_where=None,
-        )
-
-    async def delete(self, conversation_id: uuid.UUID, schedule_id: uuid.UUID) -> None:
-        """Delete the schedule; its fires go with it (ON DELETE CASCADE)."""
-        statement = (
-            delete(WakeSchedule)
-            .where(
-                _this_schedule(
-                    check.require_uuid("conversation_id", conversation_id),
-                    check.require_uuid("schedule_id", schedule_id),
-                )
-            )
-            .returning(WakeSchedule.schedule_id)
-        )
-        with translate_database_errors():
-            deleted = (await self._session.execute(statement)).scalar_one_or_none()
-        if deleted is None:
-            raise NotFoundError(f"schedule {schedule_id} not found in conversation {conversation_id}")
+        key = self._key_parameters(conversation_id, schedule_id)
+        return await self._update_one(key, {"status": "expired", "next_fire_at": None}, action="expire")
 
     async def claim_and_reschedule(
         self,
@@ -297,10 +251,11 @@ class WakeScheduleRepository:
         with ``next_fire_at == expected_next_fire``. Returns whether this
         call won: of concurrent claims of one fire, exactly one does (under
         READ COMMITTED the loser waits for the winner's row lock, then sees
-        the new ``next_fire_at`` and updates nothing). One UPDATE.
+        the new ``next_fire_at`` and updates nothing). One UPDATE; a loser
+        whose session holds the schedule re-reads it (one SELECT), so the
+        held object shows the winner's values.
         """
-        conversation_id = check.require_uuid("conversation_id", conversation_id)
-        schedule_id = check.require_uuid("schedule_id", schedule_id)
+        key = self._key_parameters(conversation_id, schedule_id)
         expected_next_fire = check.require_aware("expected_next_fire", expected_next_fire)
         computed_next_fire = check.optional_aware("computed_next_fire", computed_next_fire)
         new_status = check.require_choice("new_status", new_status, enums.SCHEDULE_STATUSES)
@@ -309,37 +264,26 @@ class WakeScheduleRepository:
             raise InvalidInputError("computed_next_fire", "is required when new_status is 'active'")
         if new_status != "active" and computed_next_fire is not None:
             raise InvalidInputError("computed_next_fire", "must be None unless new_status is 'active'")
-        statement = (
-            update(WakeSchedule)
-            .where(
-                _this_schedule(conversation_id, schedule_id),
-                WakeSchedule.status == "active",
-                WakeSchedule.next_fire_at == expected_next_fire,
-            )
-            .values(next_fire_at=computed_next_fire, status=new_status, last_fired_at=now)
-            .returning(WakeSchedule)
-        )
-        with translate_database_errors():
-            claimed = (await self._session.scalars(statement)).one_or_none()
+        parameters = {
+            **{f"target_{name}": value for name, value in key.items()},
+            "expected_next_fire": expected_next_fire,
+            "computed_next_fire": computed_next_fire,
+            "new_status": new_status,
+            "now": now,
+        }
+        claimed = await self._one_or_none(self._prebuilt("claim_and_reschedule"), parameters)
+        if claimed is None and self._held(WakeSchedule, (key[PARTITION_COLUMN], key["schedule_id"])) is not None:
+            await self.get(key[PARTITION_COLUMN], key["schedule_id"])
         return claimed is not None
 
-    async def list_due(self, now: datetime, *, limit: int = 200) -> list[WakeSchedule]:
+    async def list_due(self, now: datetime, *, limit: int = DEFAULT_LIST_LIMIT) -> list[WakeSchedule]:
         """Cross-partition: active schedules due at ``now``, oldest ``next_fire_at`` first.
 
         The tick's scan over every conversation; served by the partial
-        index ``idx_wake_schedules_next_fire``. Takes no locks.
+        index ``idx_wake_schedules_next_fire``. Takes no locks. One SELECT.
         """
-        statement = (
-            select(WakeSchedule)
-            .where(
-                WakeSchedule.status == "active",
-                WakeSchedule.next_fire_at <= check.require_aware("now", now),
-            )
-            .order_by(WakeSchedule.next_fire_at, WakeSchedule.schedule_id)
-            .limit(check.require_limit(limit))
-            .execution_options(**spans_partitions("tick: scan for due schedules"))
-        )
-        return list(await self._session.scalars(statement))
+        parameters = {"now": check.require_aware("now", now), "limit": check.require_limit(limit)}
+        return await self._all(self._prebuilt("list_due"), parameters)
 
     async def claim_due(self, now: datetime, *, limit: int, next_fire: NextFire) -> list[ClaimedFire]:
         """Cross-partition: claim up to ``limit`` due schedules for this tick, in the caller's transaction.
@@ -352,106 +296,131 @@ class WakeScheduleRepository:
         ``next_fire(schedule, now)``; ``None`` marks the schedule expired.
         ``next_fire`` must return an aware instant after the claimed period
         (the next missed one for ``catch_up``, the first after ``now`` for
-        ``coalesce``). A schedule for which it raises or returns anything
-        else is left out of the batch, unchanged and still due, and logged
-        at ERROR, so one broken schedule cannot stop the tick for everyone.
-        A period that already has its fire gets no second one: the schedule
-        is advanced and not returned.
+        ``coalesce``) that can be stored. A schedule for which it raises or
+        returns anything else is left out of the batch, unchanged and still
+        due, and logged at ERROR, so one broken schedule cannot stop the
+        tick for everyone. A period that already has its fire gets no
+        second one: the schedule is advanced and not returned.
 
-        Returns the claims that got a new fire. Costs three round trips
-        whatever the batch size: the locking SELECT, one
-        ``INSERT ... SELECT FROM unnest`` of the fires and one
-        ``UPDATE ... FROM unnest``. The locks are held until the caller
-        commits; if the caller's process dies first, PostgreSQL releases them
-        and nothing was claimed.
+        Returns one :class:`ClaimedFire` per new fire, oldest period first.
+        Costs three round trips whatever the batch size, each statement with
+        a fixed text: the locking SELECT, one ``INSERT ... SELECT FROM
+        unnest`` of the fires and one ``UPDATE ... FROM unnest``. The locks
+        are held until the caller commits; if the caller's process dies
+        first, PostgreSQL releases them and nothing was claimed.
         """
         now = check.require_aware("now", now)
         limit = check.require_limit(limit)
         if not callable(next_fire):
             raise InvalidInputError("next_fire", "must be a function (schedule, now) -> datetime | None")
-        due = list(await self._session.scalars(_claiming.locking_statement(now, limit)))
-        planned = _claiming.plan_claims(due, now, next_fire)
+        due = await self._all(self._prebuilt("claim_lock"), {"now": now, "limit": limit})
+        planned = [(s, following) for s in due if (following := _following(s, now, next_fire)) is not None]
         if not planned:
             return []
+        fire_ids = [uuid_utils.uuid7() for _ in planned]
+        conversation_ids = [schedule.conversation_id for schedule, _ in planned]
+        schedule_ids = [schedule.schedule_id for schedule, _ in planned]
+        periods = [schedule.next_fire_at for schedule, _ in planned]
         with translate_database_errors():
-            fires = {
-                fire.schedule_id: fire
-                for fire in await self._session.scalars(_claiming.fire_insert_statement(planned, now))
-            }
-            await self._session.scalars(_claiming.rescheduling_statement(planned, now))
-        # populate_existing refreshed the planned schedules in place; keep their oldest-first order.
+            inserted = await self._session.execute(
+                self._prebuilt("claim_fires"),
+                {
+                    "now": now,
+                    "claimed_fire_conversation_id": conversation_ids,
+                    "claimed_fire_fire_id": fire_ids,
+                    "claimed_fire_schedule_id": schedule_ids,
+                    "claimed_fire_scheduled_fire_at": periods,
+                },
+            )
+            fired: dict[uuid.UUID, uuid.UUID] = dict(inserted.tuples().all())
+        await self._all(
+            self._prebuilt("claim_reschedule"),
+            {
+                "now": now,
+                "claimed_conversation_id": conversation_ids,
+                "claimed_schedule_id": schedule_ids,
+                "claimed_next_fire_at": [following.instant for _, following in planned],
+                "claimed_status": [following.status for _, following in planned],
+            },
+        )
+        # The reschedule refreshed the locked schedules in place.
         return [
-            ClaimedFire(claim.schedule, fires[claim.schedule.schedule_id])
-            for claim in planned
-            if claim.schedule.schedule_id in fires
+            _claimed_fire(schedule, fired[schedule.schedule_id], period, now)
+            for (schedule, _), period in zip(planned, periods, strict=True)
+            if schedule.schedule_id in fired
         ]
 
-    async def _require_context_source(
-        self, conversation_id: uuid.UUID, schedule_id: uuid.UUID, source_id: uuid.UUID
-    ) -> None:
-        if source_id == schedule_id:
+    async def _require_context_source(self, key: Mapping[str, uuid.UUID], source_id: uuid.UUID) -> None:
+        if source_id == key["schedule_id"]:
             raise InvalidInputError("context_from_schedule_id", "must not be the schedule itself")
-        statement = select(WakeSchedule.schedule_id).where(_this_schedule(conversation_id, source_id))
-        if (await self._session.execute(statement)).scalar_one_or_none() is None:
+        parameters = {PARTITION_COLUMN: key[PARTITION_COLUMN], "schedule_id": source_id}
+        if await self._scalar(self._prebuilt("source_exists"), parameters) is None:
             raise InvalidInputError("context_from_schedule_id", "must be a schedule of the same conversation")
 
-    async def _validated_changes(
-        self, conversation_id: uuid.UUID, schedule_id: uuid.UUID, changes: Mapping[str, Any]
-    ) -> dict[str, Any]:
-        values: dict[str, Any] = {}
-        validators: dict[str, Callable[[Any], Any]] = {
-            "skill_id": lambda v: check.optional_uuid("skill_id", v),
-            "task_prompt": lambda v: check.optional_text("task_prompt", v, max_length=_MAX_PROMPT_LENGTH),
-            "execution_mode": lambda v: check.require_choice("execution_mode", v, enums.EXECUTION_MODES),
-            "name": lambda v: check.optional_text("name", v, max_length=_MAX_NAME_LENGTH),
-            "missed_fire_policy": lambda v: check.require_choice("missed_fire_policy", v, enums.MISSED_FIRE_POLICIES),
-            "context_from_schedule_id": lambda v: check.optional_uuid("context_from_schedule_id", v),
-            "include_conversation_history": lambda v: check.require_bool("include_conversation_history", v),
-        }
-        for field, validate in validators.items():
-            if field in changes:
-                values[field] = validate(changes[field])
-        if "schedule_type" in changes or "schedule_config" in changes:
-            values.update(await self._validated_type_change(conversation_id, schedule_id, changes))
-        if values.get("context_from_schedule_id") is not None:
-            await self._require_context_source(conversation_id, schedule_id, values["context_from_schedule_id"])
-        return values
-
-    async def _validated_type_change(
-        self, conversation_id: uuid.UUID, schedule_id: uuid.UUID, changes: Mapping[str, Any]
-    ) -> dict[str, Any]:
+    async def _validated_type_change(self, key: Mapping[str, uuid.UUID], changes: ScheduleChanges) -> dict[str, Any]:
         if "schedule_type" in changes and "schedule_config" in changes:
             schedule_type = check.require_slug("schedule_type", changes["schedule_type"])
-            config = changes["schedule_config"]
+        elif "schedule_type" in changes:
+            raise InvalidInputError("schedule_config", "is required when schedule_type changes")
         else:
-            current = await self.get(conversation_id, schedule_id)
+            current = await self.get(key[PARTITION_COLUMN], key["schedule_id"])
             if current is None:
-                raise NotFoundError(f"schedule {schedule_id} not found in conversation {conversation_id}")
-            if "schedule_type" in changes:
-                raise InvalidInputError("schedule_config", "is required when schedule_type changes")
-            schedule_type, config = current.schedule_type, changes["schedule_config"]
+                raise NotFoundError(self.entity, key[PARTITION_COLUMN], key["schedule_id"])
+            schedule_type = current.schedule_type
         return {
             "schedule_type": schedule_type,
-            "schedule_config": validate_schedule_config(schedule_type, config),
+            "schedule_config": validate_schedule_config(schedule_type, changes["schedule_config"]),
         }
 
-    async def _update_one(
-        self,
-        conversation_id: uuid.UUID,
-        schedule_id: uuid.UUID,
-        values: Mapping[str, Any],
-        *,
-        action: str,
-        extra_where: ColumnElement[bool] | None,
-    ) -> WakeSchedule:
-        statement = update(WakeSchedule).where(_this_schedule(conversation_id, schedule_id))
-        if extra_where is not None:
-            statement = statement.where(extra_where)
-        with translate_database_errors():
-            updated = (await self._session.scalars(statement.values(**values).returning(WakeSchedule))).one_or_none()
-        if updated is not None:
-            return updated
-        current = await self.get(conversation_id, schedule_id)
-        if current is None:
-            raise NotFoundError(f"schedule {schedule_id} not found in conversation {conversation_id}")
-        raise ConflictError(f"cannot {action} schedule {schedule_id}: its status is {current.status!r}")
+
+@dataclass(frozen=True, slots=True)
+class _Following:
+    """What a claim sets: the next period, or None and ``expired``."""
+
+    instant: datetime | None
+    status: enums.ScheduleStatus
+
+
+def _following(schedule: WakeSchedule, now: datetime, next_fire: NextFire) -> _Following | None:
+    """``next_fire``'s answer for ``schedule``, checked; None (logged) when it fails."""
+    try:
+        following = next_fire(schedule, now)
+        if following is None:
+            return _Following(None, "expired")
+        checked = check.require_aware("next_fire", following)
+        assert schedule.next_fire_at is not None  # the locking query selects only due schedules
+        if checked <= schedule.next_fire_at:
+            raise InvalidInputError(
+                "next_fire",
+                f"returned {checked.isoformat()}, not after the claimed period {schedule.next_fire_at.isoformat()}",
+            )
+    except Exception:
+        _logger.exception(
+            "claim_due: next_fire failed for schedule %s of conversation %s; it stays due and unclaimed",
+            schedule.schedule_id,
+            schedule.conversation_id,
+        )
+        return None
+    return _Following(checked, "active")
+
+
+def _claimed_fire(schedule: WakeSchedule, fire_id: uuid.UUID, period: datetime, now: datetime) -> ClaimedFire:
+    return ClaimedFire(
+        conversation_id=schedule.conversation_id,
+        schedule_id=schedule.schedule_id,
+        fire_id=fire_id,
+        scheduled_fire_at=period,
+        fired_at=now,
+        next_fire_at=schedule.next_fire_at,
+        schedule_status=schedule.status,
+        user_id=schedule.user_id,
+        agent_id=schedule.agent_id,
+        skill_id=schedule.skill_id,
+        schedule_type=schedule.schedule_type,
+        schedule_config=schedule.schedule_config,
+        task_prompt=schedule.task_prompt,
+        execution_mode=schedule.execution_mode,
+        name=schedule.name,
+        context_from_schedule_id=schedule.context_from_schedule_id,
+        include_conversation_history=schedule.include_conversation_history,
+    )

@@ -1,0 +1,323 @@
+"""Every statement the repositories send more than once, built once with
+bind parameters and found by name in :data:`PREBUILT`.
+
+Built once, a call skips building the statement and its cache key (a third
+of a ``get``'s client time). The text of each is fixed whatever the values,
+batches included (``unnest`` over one array per column), so PostgreSQL
+plans it once and the partition guard decides once. ``tests/test_statement_sql.py``
+pins the SQL of every entry, and the tick benchmark checks its plans, the
+generic plan included.
+
+Two rules hold for all of them:
+
+- **Rows come back as stored.** A statement that returns model rows loads
+  them with ``populate_existing``, so an object the session already holds
+  is overwritten with what the database returned. DML that returns rows is
+  Core DML on the table, loaded through :func:`returning_rows`: ORM-enabled
+  DML would run the ORM's ``synchronize_session``, whose default "evaluate"
+  writes the SET values into held objects even when no row matched.
+- **Constants a partial index depends on are literals** (``status =
+  'active'``), via :func:`constant`: under a generic plan a bound ``$n``
+  cannot prove the index predicate, and the claim becomes a sequential scan.
+"""
+
+import re
+from collections.abc import Mapping
+from typing import Any, Final, TypeVar, cast
+
+from sqlalchemy import (
+    ColumnElement,
+    DateTime,
+    Executable,
+    Integer,
+    Table,
+    Text,
+    any_,
+    bindparam,
+    delete,
+    func,
+    literal_column,
+    null,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, UUID
+from sqlalchemy.dialects.postgresql import Insert as PgInsert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.sql.dml import Delete, Insert, Update
+from sqlalchemy.sql.selectable import Select, TableValuedAlias, TypedReturnsRows
+from sqlalchemy.types import TypeEngine
+
+from agent_wake import enums
+from agent_wake.models import PARTITION_COLUMN, Base, WakeFire, WakeSchedule, WebhookSubscription
+from agent_wake.partition_guard import spans_partitions
+
+__all__ = ["PREBUILT", "constant", "returning_rows"]
+
+_Model = TypeVar("_Model", bound=Base)
+_UUID: Final = UUID(as_uuid=True)
+_INSTANT: Final = DateTime(timezone=True)
+_PLAIN_VALUE: Final = re.compile(r"^[a-z_]+$")
+
+
+def table_of(model: type[Base]) -> Table:
+    return cast(Table, model.__table__)
+
+
+def constant(value: str) -> ColumnElement[str]:
+    """``value`` as an SQL literal, for enum values a partial index's predicate names."""
+    if not _PLAIN_VALUE.match(value):
+        raise ValueError(f"not a plain enum value: {value!r}")
+    return literal_column(f"'{value}'", Text())
+
+
+def returning_rows(model: type[_Model], statement: Insert | Update | Delete) -> TypedReturnsRows[_Model]:
+    """``statement ... RETURNING`` every column, loaded as ``model`` objects as stored."""
+    loading = select(model).from_statement(statement.returning(*table_of(model).c))
+    return cast(TypedReturnsRows[_Model], loading.execution_options(populate_existing=True))
+
+
+def as_stored(statement: Select[Any]) -> Select[Any]:
+    return statement.execution_options(populate_existing=True)
+
+
+def unnest_rows(name: str, columns: Mapping[str, TypeEngine[Any]]) -> TableValuedAlias:
+    """``unnest($name_col1::type1[], ...) AS name(col1, ...)``: a batch as rows, one array parameter per column.
+
+    Parameters are named ``<name>_<column>``: an UPDATE reserves the bare
+    column names for its SET clause.
+    """
+    arrays = [bindparam(f"{name}_{column}", type_=ARRAY(column_type)) for column, column_type in columns.items()]
+    return func.unnest(*arrays).table_valued(*columns).render_derived(name=name)
+
+
+_FIRES: Final = table_of(WakeFire)
+_SCHEDULES: Final = table_of(WakeSchedule)
+
+
+def _key_of(model: type[Base], id_column: str, *, parameter_prefix: str = "") -> ColumnElement[bool]:
+    """The row (conversation_id, ``id_column``), from parameters of those names.
+
+    An UPDATE reserves the bare column names for its SET clause: its key
+    parameters take ``parameter_prefix="target_"``.
+    """
+    table = table_of(model)
+    return (table.c[PARTITION_COLUMN] == bindparam(f"{parameter_prefix}{PARTITION_COLUMN}", type_=_UUID)) & (
+        table.c[id_column] == bindparam(f"{parameter_prefix}{id_column}", type_=_UUID)
+    )
+
+
+def _keyed(prefix: str, model: type[Base], id_column: str, newest_first: tuple[str, ...]) -> dict[str, Executable]:
+    """get, list_for_conversation and delete of one row kind, by (conversation_id, id)."""
+    table = table_of(model)
+    return {
+        f"{prefix}.get": as_stored(select(model).where(_key_of(model, id_column))),
+        f"{prefix}.list_for_conversation": as_stored(
+            select(model)
+            .where(table.c[PARTITION_COLUMN] == bindparam(PARTITION_COLUMN, type_=_UUID))
+            .order_by(*(table.c[column].desc() for column in newest_first))
+            .limit(bindparam("limit", type_=Integer))
+        ),
+        f"{prefix}.delete": delete(table).where(_key_of(model, id_column)).returning(table.c[id_column]),
+    }
+
+
+def _dispatching_fire(source: Select[Any]) -> PgInsert:
+    """``INSERT INTO wake_fires ... SELECT`` of ``dispatching`` fires, one per row of ``source``.
+
+    ``source`` selects (conversation_id, fire_id, schedule_id,
+    webhook_subscription_id, scheduled_fire_at, actual_fired_at).
+    """
+    columns = [
+        "conversation_id",
+        "fire_id",
+        "schedule_id",
+        "webhook_subscription_id",
+        "scheduled_fire_at",
+        "actual_fired_at",
+        "status",
+    ]
+    return pg_insert(table_of(WakeFire)).from_select(columns, source.add_columns(constant("dispatching")))
+
+
+def _dispatching_from(source: type[WakeSchedule] | type[WebhookSubscription], id_column: str) -> Executable:
+    """One fire from its source's row in the same conversation: nothing when the source is elsewhere."""
+    table = table_of(source)
+    source_id = table.c[id_column]
+    fire_source = (source_id, null()) if source is WakeSchedule else (null(), source_id)
+    row = select(
+        bindparam(PARTITION_COLUMN, type_=_UUID),
+        bindparam("fire_id", type_=_UUID),
+        *fire_source,
+        bindparam("scheduled_fire_at", type_=_INSTANT),
+        func.coalesce(bindparam("actual_fired_at", type_=_INSTANT), func.now()),
+    ).where(_key_of(source, id_column))
+    return returning_rows(WakeFire, _dispatching_fire(row))
+
+
+def _finalizing(columns: tuple[str, ...]) -> Executable:
+    """The ``dispatching`` fire (target_conversation_id, target_fire_id) set to the parameters ``new_<column>``."""
+    return returning_rows(
+        WakeFire,
+        update(_FIRES)
+        .where(_key_of(WakeFire, "fire_id", parameter_prefix="target_"), _FIRES.c.status == constant("dispatching"))
+        .values({column: bindparam(f"new_{column}", type_=_FIRES.c[column].type) for column in columns}),
+    )
+
+
+def _finalizing_batch(columns: tuple[str, ...]) -> Executable:
+    """Many ``dispatching`` fires (any conversations) finalized in one ``UPDATE ... FROM unnest``."""
+    outcome = unnest_rows(
+        "outcome",
+        {"conversation_id": _UUID, "fire_id": _UUID, **{column: _FIRES.c[column].type for column in columns}},
+    )
+    return returning_rows(
+        WakeFire,
+        update(_FIRES)
+        .where(
+            # The guard's pin: the batch's conversations, as one array.
+            _FIRES.c.conversation_id == any_(bindparam("outcome_conversation_id", type_=ARRAY(_UUID))),
+            _FIRES.c.conversation_id == outcome.c.conversation_id,
+            _FIRES.c.fire_id == outcome.c.fire_id,
+            _FIRES.c.status == constant("dispatching"),
+        )
+        .values({column: outcome.c[column] for column in columns}),
+    )
+
+
+# The columns each finalization writes, in the order the repository validates them.
+SUCCESS_COLUMNS: Final = ("status", "output_text", "latency_ms", "display_suppressed")
+FAILURE_COLUMNS: Final = ("status", "error", "latency_ms")
+
+_claimed_fire = unnest_rows(
+    "claimed_fire",
+    {"conversation_id": _UUID, "fire_id": _UUID, "schedule_id": _UUID, "scheduled_fire_at": _INSTANT},
+)
+_claimed = unnest_rows(
+    "claimed", {"conversation_id": _UUID, "schedule_id": _UUID, "next_fire_at": _INSTANT, "status": Text()}
+)
+_DUE: Final = (_SCHEDULES.c.status == constant("active"), _SCHEDULES.c.next_fire_at <= bindparam("now", type_=_INSTANT))
+_STATUSES: Final = bindparam("statuses", type_=ARRAY(Text()))
+
+PREBUILT: Final[dict[str, Executable]] = {
+    **_keyed("schedules", WakeSchedule, "schedule_id", ("date_created", "schedule_id")),
+    **_keyed("fires", WakeFire, "fire_id", ("actual_fired_at", "fire_id")),
+    **_keyed("subscriptions", WebhookSubscription, "subscription_id", ("date_created", "subscription_id")),
+    "schedules.list_active_for_conversation": as_stored(
+        select(WakeSchedule)
+        .where(WakeSchedule.conversation_id == bindparam(PARTITION_COLUMN, type_=_UUID))
+        .where(_SCHEDULES.c.status == constant("active"))
+        .order_by(WakeSchedule.next_fire_at.asc().nulls_last(), WakeSchedule.schedule_id)
+        .limit(bindparam("limit", type_=Integer))
+    ),
+    "schedules.count_active_for_conversation": select(func.count())
+    .select_from(_SCHEDULES)
+    .where(_SCHEDULES.c.conversation_id == bindparam(PARTITION_COLUMN, type_=_UUID))
+    .where(_SCHEDULES.c.status == constant("active")),
+    "schedules.source_exists": select(_SCHEDULES.c.schedule_id).where(_key_of(WakeSchedule, "schedule_id")),
+    "schedules.claim_and_reschedule": returning_rows(
+        WakeSchedule,
+        update(_SCHEDULES)
+        .where(
+            _key_of(WakeSchedule, "schedule_id", parameter_prefix="target_"),
+            _SCHEDULES.c.status == constant("active"),
+            _SCHEDULES.c.next_fire_at == bindparam("expected_next_fire", type_=_INSTANT),
+        )
+        .values(
+            next_fire_at=bindparam("computed_next_fire", type_=_INSTANT),
+            status=bindparam("new_status", type_=Text()),
+            last_fired_at=bindparam("now", type_=_INSTANT),
+        ),
+    ),
+    "schedules.list_due": as_stored(
+        select(WakeSchedule)
+        .where(*_DUE)
+        .order_by(WakeSchedule.next_fire_at, WakeSchedule.schedule_id)
+        .limit(bindparam("limit", type_=Integer))
+        .execution_options(**spans_partitions("tick: scan for due schedules"))
+    ),
+    # The tick's three statements (WakeScheduleRepository.claim_due).
+    "schedules.claim_lock": as_stored(
+        select(WakeSchedule)
+        .where(*_DUE)
+        .order_by(WakeSchedule.next_fire_at, WakeSchedule.schedule_id)
+        .limit(bindparam("limit", type_=Integer))
+        .with_for_update(skip_locked=True)
+        .execution_options(**spans_partitions("tick: claim due schedules"))
+    ),
+    # A period that already has its fire (a schedule re-armed at an instant it fired for) gets none.
+    "schedules.claim_fires": _dispatching_fire(
+        select(
+            _claimed_fire.c.conversation_id,
+            _claimed_fire.c.fire_id,
+            _claimed_fire.c.schedule_id,
+            null(),
+            _claimed_fire.c.scheduled_fire_at,
+            bindparam("now", type_=_INSTANT),
+        )
+    )
+    .on_conflict_do_nothing(
+        index_elements=["conversation_id", "schedule_id", "scheduled_fire_at"],
+        index_where=_FIRES.c.schedule_id.is_not(None),
+    )
+    .returning(_FIRES.c.schedule_id, _FIRES.c.fire_id),
+    "schedules.claim_reschedule": returning_rows(
+        WakeSchedule,
+        update(_SCHEDULES)
+        .where(
+            _SCHEDULES.c.conversation_id == any_(bindparam("claimed_conversation_id", type_=ARRAY(_UUID))),
+            _SCHEDULES.c.conversation_id == _claimed.c.conversation_id,
+            _SCHEDULES.c.schedule_id == _claimed.c.schedule_id,
+        )
+        .values(
+            next_fire_at=_claimed.c.next_fire_at,
+            status=_claimed.c.status,
+            last_fired_at=bindparam("now", type_=_INSTANT),
+        ),
+    ),
+    "fires.list_for_schedule": as_stored(
+        select(WakeFire)
+        .where(_FIRES.c.conversation_id == bindparam(PARTITION_COLUMN, type_=_UUID))
+        .where(_FIRES.c.schedule_id == bindparam("schedule_id", type_=_UUID))
+        .order_by(WakeFire.actual_fired_at.desc(), WakeFire.fire_id.desc())
+        .limit(bindparam("limit", type_=Integer))
+    ),
+    "fires.latest_for_schedule": as_stored(
+        select(WakeFire)
+        .where(_FIRES.c.conversation_id == bindparam(PARTITION_COLUMN, type_=_UUID))
+        .where(_FIRES.c.schedule_id == bindparam("schedule_id", type_=_UUID))
+        .where(_FIRES.c.status == any_(_STATUSES))
+        .order_by(WakeFire.actual_fired_at.desc(), WakeFire.fire_id.desc())
+        .limit(1)
+    ),
+    "fires.count_in_window": select(func.count())
+    .select_from(_FIRES)
+    .where(_FIRES.c.conversation_id == bindparam(PARTITION_COLUMN, type_=_UUID))
+    .where(_FIRES.c.actual_fired_at >= bindparam("since", type_=_INSTANT))
+    .where(_FIRES.c.status == any_(_STATUSES)),
+    "fires.create_dispatching_from_schedule": _dispatching_from(WakeSchedule, "schedule_id"),
+    "fires.create_dispatching_from_subscription": _dispatching_from(WebhookSubscription, "subscription_id"),
+    "fires.finalize_success": _finalizing(SUCCESS_COLUMNS),
+    "fires.finalize_failed": _finalizing(FAILURE_COLUMNS),
+    "fires.finalize_success_batch": _finalizing_batch(SUCCESS_COLUMNS),
+    "fires.finalize_failed_batch": _finalizing_batch(FAILURE_COLUMNS),
+    "fires.list_stale_dispatching": as_stored(
+        select(WakeFire)
+        .where(_FIRES.c.status == constant("dispatching"))
+        .where(_FIRES.c.actual_fired_at < bindparam("older_than", type_=_INSTANT))
+        .order_by(WakeFire.actual_fired_at, WakeFire.fire_id)
+        .limit(bindparam("limit", type_=Integer))
+        .execution_options(**spans_partitions("recovery: find fires left dispatching"))
+    ),
+    "subscriptions.find_by_id": as_stored(
+        select(WebhookSubscription)
+        .where(WebhookSubscription.subscription_id == bindparam("subscription_id", type_=_UUID))
+        .execution_options(**spans_partitions("webhook receiver: look up a subscription by id"))
+    ),
+    "subscriptions.secret_ciphertext": select(table_of(WebhookSubscription).c.secret_ciphertext).where(
+        _key_of(WebhookSubscription, "subscription_id")
+    ),
+}
+
+# Every fire status, for the reads whose status filter is optional.
+ALL_FIRE_STATUSES: Final = list(enums.FIRE_STATUSES)

@@ -1,0 +1,249 @@
+"""The SQL of every prebuilt statement, pinned, and the plans PostgreSQL makes of the hot ones.
+
+Column lists are left out (they follow the models). What follows FROM, or a
+DML statement up to RETURNING, is written here by hand and was reviewed for
+the partition pin and the index each statement is meant to use, so that a
+change to any of them shows up in review. A statement added to
+``agent_wake._statements.PREBUILT`` fails here until it is pinned.
+"""
+
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import Executable, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from agent_wake import WakeFireRepository, WakeScheduleRepository, WebhookSubscriptionRepository, spans_partitions
+from agent_wake._statements import PREBUILT
+from agent_wake.testing import capture_sql
+from tests.clock import NOW
+
+PINNED: dict[str, str] = {
+    "schedules.get": (
+        "agent_wake_schedules \nWHERE agent_wake_schedules.conversation_id = $1::UUID AND "
+        "agent_wake_schedules.schedule_id = $2::UUID"
+    ),
+    "schedules.list_for_conversation": (
+        "agent_wake_schedules \nWHERE agent_wake_schedules.conversation_id = $1::UUID ORDER BY "
+        "agent_wake_schedules.date_created DESC, agent_wake_schedules.schedule_id DESC \n LIMIT "
+        "$2::INTEGER"
+    ),
+    "schedules.delete": (
+        "DELETE FROM agent_wake_schedules WHERE agent_wake_schedules.conversation_id = $1::UUID AND "
+        "agent_wake_schedules.schedule_id = $2::UUID"
+    ),
+    "fires.get": ("wake_fires \nWHERE wake_fires.conversation_id = $1::UUID AND wake_fires.fire_id = $2::UUID"),
+    "fires.list_for_conversation": (
+        "wake_fires \nWHERE wake_fires.conversation_id = $1::UUID ORDER BY wake_fires.actual_fired_at "
+        "DESC, wake_fires.fire_id DESC \n LIMIT $2::INTEGER"
+    ),
+    "fires.delete": (
+        "DELETE FROM wake_fires WHERE wake_fires.conversation_id = $1::UUID AND wake_fires.fire_id = $2::UUID"
+    ),
+    "subscriptions.get": (
+        "webhook_subscriptions \nWHERE webhook_subscriptions.conversation_id = $1::UUID AND "
+        "webhook_subscriptions.subscription_id = $2::UUID"
+    ),
+    "subscriptions.list_for_conversation": (
+        "webhook_subscriptions \nWHERE webhook_subscriptions.conversation_id = $1::UUID ORDER BY "
+        "webhook_subscriptions.date_created DESC, webhook_subscriptions.subscription_id DESC \n LIMIT "
+        "$2::INTEGER"
+    ),
+    "subscriptions.delete": (
+        "DELETE FROM webhook_subscriptions WHERE webhook_subscriptions.conversation_id = $1::UUID AND "
+        "webhook_subscriptions.subscription_id = $2::UUID"
+    ),
+    "schedules.list_active_for_conversation": (
+        "agent_wake_schedules \nWHERE agent_wake_schedules.conversation_id = $1::UUID AND "
+        "agent_wake_schedules.status = 'active' ORDER BY agent_wake_schedules.next_fire_at ASC NULLS "
+        "LAST, agent_wake_schedules.schedule_id \n LIMIT $2::INTEGER"
+    ),
+    "schedules.count_active_for_conversation": (
+        "agent_wake_schedules \nWHERE agent_wake_schedules.conversation_id = $1::UUID AND "
+        "agent_wake_schedules.status = 'active'"
+    ),
+    "schedules.source_exists": (
+        "agent_wake_schedules \nWHERE agent_wake_schedules.conversation_id = $1::UUID AND "
+        "agent_wake_schedules.schedule_id = $2::UUID"
+    ),
+    "schedules.claim_and_reschedule": (
+        "UPDATE agent_wake_schedules SET status=$1::VARCHAR, next_fire_at=$2::TIMESTAMP WITH TIME ZONE, "
+        "last_fired_at=$3::TIMESTAMP WITH TIME ZONE, date_updated=now() WHERE "
+        "agent_wake_schedules.conversation_id = $4::UUID AND agent_wake_schedules.schedule_id = "
+        "$5::UUID AND agent_wake_schedules.status = 'active' AND agent_wake_schedules.next_fire_at = "
+        "$6::TIMESTAMP WITH TIME ZONE"
+    ),
+    "schedules.list_due": (
+        "agent_wake_schedules \nWHERE agent_wake_schedules.status = 'active' AND "
+        "agent_wake_schedules.next_fire_at <= $1::TIMESTAMP WITH TIME ZONE ORDER BY "
+        "agent_wake_schedules.next_fire_at, agent_wake_schedules.schedule_id \n LIMIT $2::INTEGER"
+    ),
+    "schedules.claim_lock": (
+        "agent_wake_schedules \nWHERE agent_wake_schedules.status = 'active' AND "
+        "agent_wake_schedules.next_fire_at <= $1::TIMESTAMP WITH TIME ZONE ORDER BY "
+        "agent_wake_schedules.next_fire_at, agent_wake_schedules.schedule_id \n LIMIT $2::INTEGER FOR "
+        "UPDATE SKIP LOCKED"
+    ),
+    "schedules.claim_fires": (
+        "INSERT INTO wake_fires (conversation_id, fire_id, schedule_id, webhook_subscription_id, "
+        "scheduled_fire_at, actual_fired_at, status) SELECT claimed_fire.conversation_id, "
+        "claimed_fire.fire_id, claimed_fire.schedule_id, NULL AS anon_1, "
+        "claimed_fire.scheduled_fire_at, $1::TIMESTAMP WITH TIME ZONE AS anon_2, 'dispatching' \nFROM "
+        "unnest($2::UUID[], $3::UUID[], $4::UUID[], $5::TIMESTAMP WITH TIME ZONE[]) AS "
+        "claimed_fire(conversation_id, fire_id, schedule_id, scheduled_fire_at) ON CONFLICT "
+        "(conversation_id, schedule_id, scheduled_fire_at) WHERE schedule_id IS NOT NULL DO NOTHING"
+    ),
+    "schedules.claim_reschedule": (
+        "UPDATE agent_wake_schedules SET status=claimed.status, next_fire_at=claimed.next_fire_at, "
+        "last_fired_at=$1::TIMESTAMP WITH TIME ZONE, date_updated=now() FROM unnest($2::UUID[], "
+        "$3::UUID[], $4::TIMESTAMP WITH TIME ZONE[], $5::TEXT[]) AS claimed(conversation_id, "
+        "schedule_id, next_fire_at, status) WHERE agent_wake_schedules.conversation_id = ANY "
+        "($2::UUID[]) AND agent_wake_schedules.conversation_id = claimed.conversation_id AND "
+        "agent_wake_schedules.schedule_id = claimed.schedule_id"
+    ),
+    "fires.list_for_schedule": (
+        "wake_fires \nWHERE wake_fires.conversation_id = $1::UUID AND wake_fires.schedule_id = $2::UUID "
+        "ORDER BY wake_fires.actual_fired_at DESC, wake_fires.fire_id DESC \n LIMIT $3::INTEGER"
+    ),
+    "fires.latest_for_schedule": (
+        "wake_fires \nWHERE wake_fires.conversation_id = $1::UUID AND wake_fires.schedule_id = $2::UUID "
+        "AND wake_fires.status = ANY ($3::TEXT[]) ORDER BY wake_fires.actual_fired_at DESC, "
+        "wake_fires.fire_id DESC \n LIMIT $4::INTEGER"
+    ),
+    "fires.count_in_window": (
+        "wake_fires \nWHERE wake_fires.conversation_id = $1::UUID AND wake_fires.actual_fired_at >= "
+        "$2::TIMESTAMP WITH TIME ZONE AND wake_fires.status = ANY ($3::TEXT[])"
+    ),
+    "fires.create_dispatching_from_schedule": (
+        "INSERT INTO wake_fires (conversation_id, fire_id, schedule_id, webhook_subscription_id, "
+        "scheduled_fire_at, actual_fired_at, status) SELECT $1::UUID AS anon_1, $2::UUID AS anon_2, "
+        "agent_wake_schedules.schedule_id, NULL AS anon_3, $3::TIMESTAMP WITH TIME ZONE AS anon_4, "
+        "coalesce($4::TIMESTAMP WITH TIME ZONE, now()) AS coalesce_1, 'dispatching' \nFROM "
+        "agent_wake_schedules \nWHERE agent_wake_schedules.conversation_id = $1::UUID AND "
+        "agent_wake_schedules.schedule_id = $5::UUID"
+    ),
+    "fires.create_dispatching_from_subscription": (
+        "INSERT INTO wake_fires (conversation_id, fire_id, schedule_id, webhook_subscription_id, "
+        "scheduled_fire_at, actual_fired_at, status) SELECT $1::UUID AS anon_1, $2::UUID AS anon_2, "
+        "NULL AS anon_3, webhook_subscriptions.subscription_id, $3::TIMESTAMP WITH TIME ZONE AS anon_4, "
+        "coalesce($4::TIMESTAMP WITH TIME ZONE, now()) AS coalesce_1, 'dispatching' \nFROM "
+        "webhook_subscriptions \nWHERE webhook_subscriptions.conversation_id = $1::UUID AND "
+        "webhook_subscriptions.subscription_id = $5::UUID"
+    ),
+    "fires.finalize_success": (
+        "UPDATE wake_fires SET status=$1::VARCHAR, display_suppressed=$2::BOOLEAN, "
+        "output_text=$3::VARCHAR, latency_ms=$4::INTEGER WHERE wake_fires.conversation_id = $5::UUID "
+        "AND wake_fires.fire_id = $6::UUID AND wake_fires.status = 'dispatching'"
+    ),
+    "fires.finalize_failed": (
+        "UPDATE wake_fires SET status=$1::VARCHAR, latency_ms=$2::INTEGER, error=$3::VARCHAR WHERE "
+        "wake_fires.conversation_id = $4::UUID AND wake_fires.fire_id = $5::UUID AND wake_fires.status "
+        "= 'dispatching'"
+    ),
+    "fires.finalize_success_batch": (
+        "UPDATE wake_fires SET status=outcome.status, display_suppressed=outcome.display_suppressed, "
+        "output_text=outcome.output_text, latency_ms=outcome.latency_ms FROM unnest($1::UUID[], "
+        "$2::UUID[], $3::TEXT[], $4::TEXT[], $5::INTEGER[], $6::BOOLEAN[]) AS outcome(conversation_id, "
+        "fire_id, status, output_text, latency_ms, display_suppressed) WHERE wake_fires.conversation_id "
+        "= ANY ($1::UUID[]) AND wake_fires.conversation_id = outcome.conversation_id AND "
+        "wake_fires.fire_id = outcome.fire_id AND wake_fires.status = 'dispatching'"
+    ),
+    "fires.finalize_failed_batch": (
+        "UPDATE wake_fires SET status=outcome.status, latency_ms=outcome.latency_ms, "
+        "error=outcome.error FROM unnest($1::UUID[], $2::UUID[], $3::TEXT[], $4::TEXT[], $5::INTEGER[]) "
+        "AS outcome(conversation_id, fire_id, status, error, latency_ms) WHERE "
+        "wake_fires.conversation_id = ANY ($1::UUID[]) AND wake_fires.conversation_id = "
+        "outcome.conversation_id AND wake_fires.fire_id = outcome.fire_id AND wake_fires.status = "
+        "'dispatching'"
+    ),
+    "fires.list_stale_dispatching": (
+        "wake_fires \nWHERE wake_fires.status = 'dispatching' AND wake_fires.actual_fired_at < "
+        "$1::TIMESTAMP WITH TIME ZONE ORDER BY wake_fires.actual_fired_at, wake_fires.fire_id \n LIMIT "
+        "$2::INTEGER"
+    ),
+    "subscriptions.find_by_id": ("webhook_subscriptions \nWHERE webhook_subscriptions.subscription_id = $1::UUID"),
+    "subscriptions.secret_ciphertext": (
+        "webhook_subscriptions \nWHERE webhook_subscriptions.conversation_id = $1::UUID AND "
+        "webhook_subscriptions.subscription_id = $2::UUID"
+    ),
+}
+
+ID = uuid.UUID("00000000-0000-0000-0000-000000000001")
+
+
+def rendered(session: AsyncSession, statement: Executable) -> str:
+    return str(statement.compile(dialect=session.bind.dialect))
+
+
+def pinned_part(sql: str) -> str:
+    """What follows FROM for a SELECT; everything before RETURNING for DML."""
+    return sql.split("\nFROM ", 1)[1] if sql.startswith("SELECT") else sql.split(" RETURNING ", 1)[0]
+
+
+def test_every_prebuilt_statement_is_pinned() -> None:
+    assert sorted(PREBUILT) == sorted(PINNED)
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_prebuilt_statement_renders_its_pinned_sql(wake_session: AsyncSession, name: str) -> None:
+    assert pinned_part(rendered(wake_session, PREBUILT[name])) == PINNED[name]
+
+
+@pytest.mark.parametrize(
+    ("call", "name"),
+    [
+        (lambda session, secrets: WakeScheduleRepository(session).get(ID, ID), "schedules.get"),
+        (
+            lambda session, secrets: WakeScheduleRepository(session).list_for_conversation(ID, limit=50),
+            "schedules.list_for_conversation",
+        ),
+        (lambda session, secrets: WakeScheduleRepository(session).list_due(NOW), "schedules.list_due"),
+        (lambda session, secrets: WakeFireRepository(session).count_in_window(ID, NOW), "fires.count_in_window"),
+        (
+            lambda session, secrets: WakeFireRepository(session).list_for_conversation(ID),
+            "fires.list_for_conversation",
+        ),
+        (
+            lambda session, secrets: WebhookSubscriptionRepository(session, secrets).find_by_id(ID),
+            "subscriptions.find_by_id",
+        ),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "",
+)
+async def test_a_hot_call_sends_its_prebuilt_statement(
+    wake_session: AsyncSession, wake_secrets: Any, call: Any, name: str
+) -> None:
+    await wake_session.execute(text("SELECT 1"))  # the fixture's savepoint, sent before the call
+    with capture_sql(wake_session) as captured:
+        await call(wake_session, wake_secrets)
+    assert [statement.sql for statement in captured] == [rendered(wake_session, PREBUILT[name])]
+
+
+# The statements whose index is partial: a bound $n in place of the index's
+# constant would leave the generic plan unable to use it.
+PARTIAL_INDEX_PLANS = {
+    "schedules.claim_lock": ("idx_wake_schedules_next_fire", [NOW, 200]),
+    "schedules.list_due": ("idx_wake_schedules_next_fire", [NOW, 200]),
+    "fires.list_stale_dispatching": ("idx_wake_fires_dispatching", [NOW, 200]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PARTIAL_INDEX_PLANS))
+async def test_the_generic_plan_uses_the_partial_index(wake_session: AsyncSession, name: str) -> None:
+    index, values = PARTIAL_INDEX_PLANS[name]
+    sql = rendered(wake_session, PREBUILT[name])
+    await wake_session.execute(text("SET LOCAL plan_cache_mode = force_generic_plan"))
+    # On the test's near-empty tables a scan would win on cost; without it, the plan shows which index it can use.
+    await wake_session.execute(text("SET LOCAL enable_seqscan = off"))
+    connection = await wake_session.connection()
+    with spans_partitions("test: plan of a cross-partition statement"):
+        await connection.exec_driver_sql(f"PREPARE plan_check AS {sql}")
+        try:
+            arguments = ", ".join(
+                f"'{value.isoformat()}'" if hasattr(value, "isoformat") else str(value) for value in values
+            )
+            plan = (await connection.exec_driver_sql(f"EXPLAIN EXECUTE plan_check({arguments})")).scalars().all()
+        finally:
+            await connection.exec_driver_sql("DEALLOCATE plan_check")
+    assert any(index in line for line in plan), "\n".join(plan)
