@@ -1,7 +1,6 @@
 """agent-wake: the SQLAlchemy 2.0 data layer for long-running agents' wake
 schedules, fires and webhook subscriptions on PostgreSQL."""
 
-from agent_wake.alembic_env import STANDIN_VERSIONS, WAKE_VERSIONS, alembic_config
 from agent_wake.database import create_engine_and_session_factory, resolve_database_url
 from agent_wake.enums import (
     EXECUTION_MODES,
@@ -20,16 +19,25 @@ from agent_wake.enums import (
 from agent_wake.errors import (
     AgentWakeError,
     ConflictError,
+    ConnectionLostError,
+    ConstraintViolationError,
+    DatabaseError,
+    DatabaseTimeoutError,
+    DuplicateError,
     InvalidInputError,
     NotFoundError,
     PartitionScopeError,
+    RetryableError,
     SecretDecryptionError,
+    SerializationError,
+    StatusConflictError,
 )
 from agent_wake.fire_repository import FireFailure, FireSuccess, WakeFireRepository
+from agent_wake.migration_config import STANDIN_VERSIONS, WAKE_VERSIONS, alembic_config
 from agent_wake.models import AgentSkill, Base, Conversation, WakeFire, WakeSchedule, WebhookSubscription
 from agent_wake.partition_guard import GuardMode, PartitionSpan, install_partition_guard, spans_partitions
 from agent_wake.schedule_configs import register_schedule_type, validate_schedule_config
-from agent_wake.schedule_repository import ClaimedFire, NextFire, WakeScheduleRepository
+from agent_wake.schedule_repository import ClaimedFire, NextFire, ScheduleChanges, WakeScheduleRepository
 from agent_wake.secret_box import SecretBox
 from agent_wake.webhook_repository import WebhookSubscriptionRepository
 
@@ -48,7 +56,12 @@ __all__ = [
     "Base",
     "ClaimedFire",
     "ConflictError",
+    "ConnectionLostError",
+    "ConstraintViolationError",
     "Conversation",
+    "DatabaseError",
+    "DatabaseTimeoutError",
+    "DuplicateError",
     "ExecutionMode",
     "FireFailure",
     "FireStatus",
@@ -60,9 +73,13 @@ __all__ = [
     "NotFoundError",
     "PartitionScopeError",
     "PartitionSpan",
+    "RetryableError",
+    "ScheduleChanges",
     "ScheduleStatus",
     "SecretBox",
     "SecretDecryptionError",
+    "SerializationError",
+    "StatusConflictError",
     "SubscriptionStatus",
     "WakeFire",
     "WakeFireRepository",

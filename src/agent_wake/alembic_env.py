@@ -17,42 +17,14 @@ from logging.config import fileConfig
 from typing import Any
 
 from alembic import context
-from alembic.config import Config
 from sqlalchemy import Connection, pool
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from agent_wake import database
+from agent_wake.migration_config import alembic_config  # noqa: F401  (kept importable from here)
 from agent_wake.models import Base
 
-__all__ = [
-    "PACKAGED_SCRIPT_LOCATION",
-    "STANDIN_VERSIONS",
-    "WAKE_VERSIONS",
-    "alembic_config",
-    "run_migrations",
-]
-
-PACKAGED_SCRIPT_LOCATION = "agent_wake:migrations"
-# The agent_wake branch alone: what a host application adds to its own
-# version_locations.
-WAKE_VERSIONS = "agent_wake:migrations/versions"
-# The stand-in conversations and agent_skills branches and the
-# agent_wake_upstream revision that joins them.
-STANDIN_VERSIONS = "agent_wake:migrations/standins"
-
-
-def alembic_config(url: str | None = None, *, schema: str | None = None) -> Config:
-    """An Alembic ``Config`` for the packaged scripts, for use without an ``alembic.ini``."""
-    config = Config()
-    config.set_main_option("script_location", PACKAGED_SCRIPT_LOCATION)
-    config.set_main_option("version_locations", f"{STANDIN_VERSIONS} {WAKE_VERSIONS}")
-    config.set_main_option("path_separator", "space")
-    if url is not None:
-        config.attributes["url"] = url
-    if schema is not None:
-        config.attributes["schema"] = schema
-    return config
-
+__all__ = ["run_migrations"]
 
 def _option(name: str) -> str | None:
     value = context.get_x_argument(as_dictionary=True).get(name)
