@@ -12,10 +12,11 @@ from agent_wake import (
     InvalidInputError,
     NotFoundError,
     SecretBox,
+    SerializationError,
     WakeSchedule,
     WakeScheduleRepository,
 )
-from agent_wake.factories import WakeFactory
+from agent_wake.testing.factories import WakeFactory
 from tests.clock import NOW, in_minutes
 
 
@@ -114,7 +115,7 @@ async def test_create_with_a_missing_skill_is_refused_naming_the_foreign_key(
 ) -> None:
     with pytest.raises(InvalidInputError) as caught:
         await wake_factory.schedule(conversation_id=uuid.uuid4(), skill_id=uuid.uuid4())
-    assert caught.value.field == "agent_wake_schedules_skill_fk"
+    assert (caught.value.field, caught.value.rule) == ("skill_id", "agent_wake_schedules_skill_fk")
 
 
 async def test_create_with_a_taken_schedule_id_is_a_conflict(
@@ -408,5 +409,5 @@ async def test_a_lost_race_under_repeatable_read_is_a_conflict(
         )  # the snapshot is taken before the first claim commits
         assert await WakeScheduleRepository(first).claim_and_reschedule(**claim) is True  # type: ignore[arg-type]
         await first.commit()
-        with pytest.raises(ConflictError, match="retry"):
+        with pytest.raises(SerializationError, match="retry"):
             await WakeScheduleRepository(second).claim_and_reschedule(**claim)  # type: ignore[arg-type]
