@@ -196,8 +196,14 @@ _claimed_fire = unnest_rows(
 _claimed = unnest_rows(
     "claimed", {"conversation_id": _UUID, "schedule_id": _UUID, "next_fire_at": _INSTANT, "status": Text()}
 )
-_DUE: Final = (_SCHEDULES.c.status == constant("active"), _SCHEDULES.c.next_fire_at <= bindparam("now", type_=_INSTANT))
 _STATUSES: Final = bindparam("statuses", type_=ARRAY(Text()))
+# Active schedules due at the parameter ``now``, oldest period first.
+_DUE_FIRST: Final = (
+    select(WakeSchedule)
+    .where(_SCHEDULES.c.status == constant("active"), _SCHEDULES.c.next_fire_at <= bindparam("now", type_=_INSTANT))
+    .order_by(WakeSchedule.next_fire_at, WakeSchedule.schedule_id)
+    .limit(bindparam("limit", type_=Integer))
+)
 
 PREBUILT: Final[dict[str, Executable]] = {
     **_keyed("schedules", WakeSchedule, "schedule_id", ("date_created", "schedule_id")),
@@ -229,21 +235,10 @@ PREBUILT: Final[dict[str, Executable]] = {
             last_fired_at=bindparam("now", type_=_INSTANT),
         ),
     ),
-    "schedules.list_due": as_stored(
-        select(WakeSchedule)
-        .where(*_DUE)
-        .order_by(WakeSchedule.next_fire_at, WakeSchedule.schedule_id)
-        .limit(bindparam("limit", type_=Integer))
-        .execution_options(**spans_partitions("tick: scan for due schedules"))
-    ),
+    "schedules.list_due": as_stored(_DUE_FIRST.execution_options(**spans_partitions("tick: scan for due schedules"))),
     # The tick's three statements (WakeScheduleRepository.claim_due).
     "schedules.claim_lock": as_stored(
-        select(WakeSchedule)
-        .where(*_DUE)
-        .order_by(WakeSchedule.next_fire_at, WakeSchedule.schedule_id)
-        .limit(bindparam("limit", type_=Integer))
-        .with_for_update(skip_locked=True)
-        .execution_options(**spans_partitions("tick: claim due schedules"))
+        _DUE_FIRST.with_for_update(skip_locked=True).execution_options(**spans_partitions("tick: claim due schedules"))
     ),
     # A period that already has its fire (a schedule re-armed at an instant it fired for) gets none.
     "schedules.claim_fires": _dispatching_fire(

@@ -332,7 +332,7 @@ class WakeScheduleRepository(PartitionedRepository[WakeSchedule]):
                     "claimed_fire_scheduled_fire_at": periods,
                 },
             )
-            fired: dict[uuid.UUID, uuid.UUID] = dict(inserted.tuples().all())
+            fired: dict[uuid.UUID, uuid.UUID] = {schedule_id: fire_id for schedule_id, fire_id in inserted}
         await self._all(
             self._prebuilt("claim_reschedule"),
             {
