@@ -20,7 +20,7 @@ from agent_wake import (
     install_partition_guard,
     spans_partitions,
 )
-from agent_wake.factories import WakeFactory
+from agent_wake.testing.factories import WakeFactory
 
 CONVERSATION = "00000000-0000-0000-0000-00000000000a"
 OTHER = "00000000-0000-0000-0000-00000000000b"
@@ -339,8 +339,3 @@ def test_install_refuses_an_engine_whose_sql_it_cannot_read() -> None:
     with pytest.raises(InvalidInputError, match="asyncpg dialect") as caught:
         install_partition_guard(engine)
     assert caught.value.field == "engine"
-
-
-async def test_unparseable_sql_on_a_wake_table_is_refused(connection: AsyncConnection) -> None:
-    error = await refused(connection, "SELEC * FROM wake_fires")
-    assert "cannot be parsed" in str(error)

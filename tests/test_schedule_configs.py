@@ -1,9 +1,17 @@
 """validate_schedule_config: one model per schedule type, errors naming the field."""
 
-import pytest
-from pydantic import BaseModel
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, ClassVar
 
-from agent_wake import InvalidInputError, register_schedule_type, validate_schedule_config
+import pytest
+from pydantic import BaseModel, JsonValue, field_validator, model_validator
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from agent_wake import InvalidInputError, WakeScheduleRepository, register_schedule_type, validate_schedule_config
+from agent_wake.schedule_configs import MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH, MAX_SCHEDULE_SECONDS
 
 VALID = [
     ("daily_at", {"hour": 14, "minute": 0, "tz": "America/Los_Angeles"}),
@@ -100,3 +108,346 @@ def test_an_application_can_register_its_own_type() -> None:
     with pytest.raises(InvalidInputError) as caught:
         register_schedule_type("Not A Slug", SunsetConfig)
     assert caught.value.field == "schedule_type"
+
+
+# Bounds on the config as a whole, whatever its model.
+
+
+class TreeConfig(BaseModel):
+    tree: JsonValue
+
+
+class BlobConfig(BaseModel):
+    blob: bytes
+
+
+class AnythingConfig(BaseModel):
+    value: Any
+
+
+class RecordedConfig(BaseModel):
+    """Remembers each config handed to it, to show what never reached pydantic."""
+
+    seen: ClassVar[list[object]] = []
+    tree: JsonValue = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _remember(cls, value: object) -> object:
+        cls.seen.append(value)
+        return value
+
+
+class EchoingConfig(BaseModel):
+    word: str
+
+    @field_validator("word")
+    @classmethod
+    def _refuse_with_the_whole_value(cls, value: str) -> str:
+        raise ValueError(f"{value} is not a word")
+
+
+@pytest.fixture(scope="module")
+def registered() -> None:
+    models: list[tuple[str, type[BaseModel]]] = [
+        ("test_tree", TreeConfig),
+        ("test_blob", BlobConfig),
+        ("test_anything", AnythingConfig),
+        ("test_recorded", RecordedConfig),
+        ("test_echoing", EchoingConfig),
+    ]
+    for schedule_type, model in models:
+        register_schedule_type(schedule_type, model)
+
+
+def nested(levels: int, wrap: Callable[[object], object]) -> object:
+    value: object = 0
+    for _ in range(levels):
+        value = wrap(value)
+    return value
+
+
+def in_a_dict(value: object) -> object:
+    return {"a": value}
+
+
+def in_a_list(value: object) -> object:
+    return [value]
+
+
+def refusal(schedule_type: object, config: object) -> InvalidInputError:
+    with pytest.raises(InvalidInputError) as caught:
+        validate_schedule_config(schedule_type, config)  # type: ignore[arg-type]
+    return caught.value
+
+
+# The config itself is the first level, so its value may hold one level fewer.
+@pytest.mark.parametrize("wrap", [in_a_dict, in_a_list])
+def test_a_config_nested_as_deep_as_the_bound_is_accepted(registered: None, wrap: Callable[[object], object]) -> None:
+    config = {"tree": nested(MAX_CONFIG_DEPTH - 1, wrap)}
+    assert validate_schedule_config("test_tree", config) == config
+
+
+@pytest.mark.parametrize("levels", [MAX_CONFIG_DEPTH, 5_000])
+@pytest.mark.parametrize("wrap", [in_a_dict, in_a_list])
+def test_a_config_nested_deeper_than_the_bound_is_refused(
+    registered: None, wrap: Callable[[object], object], levels: int
+) -> None:
+    error = refusal("test_tree", {"tree": nested(levels, wrap)})
+    assert type(error) is InvalidInputError
+    assert error.field == "schedule_config"
+    assert f"at most {MAX_CONFIG_DEPTH} levels" in error.rule
+
+
+def test_a_deep_config_is_refused_before_its_model_sees_it(registered: None) -> None:
+    RecordedConfig.seen.clear()
+    validate_schedule_config("test_recorded", {"tree": nested(3, in_a_list)})
+    assert len(RecordedConfig.seen) == 1
+    refusal("test_recorded", {"tree": nested(5_000, in_a_dict)})
+    assert len(RecordedConfig.seen) == 1
+
+
+def test_a_config_that_contains_itself_is_refused_as_too_deep(registered: None) -> None:
+    loop: dict[str, object] = {}
+    loop["tree"] = loop
+    assert refusal("test_tree", loop).field == "schedule_config"
+
+
+def test_bytes_that_are_not_utf8_are_refused_without_chaining_the_decode_error(registered: None) -> None:
+    error = refusal("test_blob", {"blob": b"\xff\xfe not text"})
+    assert error.field == "schedule_config"
+    assert "cannot be written as JSON" in error.rule
+    assert error.__cause__ is None
+    assert error.__context__ is None
+
+
+@pytest.mark.parametrize("value", [object(), 10**5_000, b"\xff"], ids=["object", "10**5000", "bytes"])
+def test_a_value_json_cannot_carry_is_refused(registered: None, value: object) -> None:
+    error = refusal("test_anything", {"value": value})
+    assert error.field == "schedule_config"
+    assert len(str(error)) < 200
+
+
+def note_of_json_size(size: int) -> dict[str, str]:
+    """A config whose compact UTF-8 JSON, {"tree":"xx..."}, is ``size`` bytes."""
+    return {"tree": "x" * (size - len('{"tree":""}'))}
+
+
+def test_a_config_of_exactly_the_size_bound_is_accepted(registered: None) -> None:
+    config = note_of_json_size(MAX_CONFIG_BYTES)
+    assert validate_schedule_config("test_tree", config) == config
+
+
+def test_a_config_one_byte_over_the_size_bound_is_refused(registered: None) -> None:
+    error = refusal("test_tree", note_of_json_size(MAX_CONFIG_BYTES + 1))
+    assert error.field == "schedule_config"
+    assert f"at most {MAX_CONFIG_BYTES} bytes" in error.rule
+
+
+def test_the_size_bound_counts_utf8_bytes_not_characters(registered: None) -> None:
+    two_byte_characters = {"tree": "é" * (MAX_CONFIG_BYTES // 2)}
+    assert refusal("test_tree", two_byte_characters).field == "schedule_config"
+
+
+def test_a_config_of_fifty_million_characters_is_refused_with_a_short_message() -> None:
+    error = refusal("cron", {"expr": "*" * 50_000_000})
+    assert error.field == "schedule_config"
+    assert len(str(error)) < 200
+
+
+def test_a_config_with_more_values_than_fit_is_refused_before_its_model_sees_it(registered: None) -> None:
+    RecordedConfig.seen.clear()
+    refusal("test_recorded", {"tree": [0] * MAX_CONFIG_BYTES})
+    assert RecordedConfig.seen == []
+
+
+# Messages show a caller's value as a repr of at most about 40 characters.
+
+
+def test_an_unknown_time_zone_is_shown_cut_short() -> None:
+    error = refusal("daily_at", {"hour": 9, "tz": "Z" * 60_000})
+    assert error.field == "schedule_config.tz"
+    assert "Z" * 41 not in str(error)
+    assert len(str(error)) < 200
+
+
+def test_a_time_zone_of_a_million_characters_is_refused_with_a_short_message() -> None:
+    error = refusal("daily_at", {"hour": 9, "tz": "Z" * 1_000_000})
+    assert len(str(error)) < 200
+
+
+def test_an_unknown_schedule_type_is_shown_cut_short() -> None:
+    error = refusal("y" * 1_000_000, {})
+    assert error.field == "schedule_type"
+    assert "y" * 41 not in str(error)
+    assert len(str(error)) < 400
+
+
+def test_a_schedule_type_that_is_not_a_string_is_refused() -> None:
+    assert refusal(["cron"], {"expr": "* * * * *"}).field == "schedule_type"
+
+
+def test_an_unknown_key_is_named_cut_short() -> None:
+    error = refusal("daily_at", {"hour": 9, "k" * 10_000: 1})
+    assert error.field.startswith("schedule_config.'kkk")
+    assert len(str(error)) < 200
+
+
+def test_a_long_cron_token_is_shown_cut_short() -> None:
+    error = refusal("cron", {"expr": "x" * 10_000 + " * * * *"})
+    assert error.field == "schedule_config.expr"
+    assert len(str(error)) < 200
+
+
+def test_a_registered_models_own_message_is_cut_short(registered: None) -> None:
+    error = refusal("test_echoing", {"word": "w" * 10_000})
+    assert error.field == "schedule_config.word"
+    assert len(str(error)) < 300
+
+
+def test_registering_something_other_than_a_pydantic_model_is_refused() -> None:
+    with pytest.raises(InvalidInputError) as caught:
+        register_schedule_type("test_not_a_model", dict)  # type: ignore[arg-type]
+    assert caught.value.field == "model"
+
+
+# Each model accepts exactly what its messages say.
+
+
+@pytest.mark.parametrize("step", ["\u0663", "\u00b2", "\uff13"], ids=["arabic-indic", "superscript", "fullwidth"])
+def test_a_cron_step_of_non_ascii_digits_is_refused(step: str) -> None:
+    error = refusal("cron", {"expr": f"*/{step} * * * *"})
+    assert error.field == "schedule_config.expr"
+    assert "step" in error.rule
+
+
+@pytest.mark.parametrize("expr", ["*/60 * * * *", "0 */24 * * *", "0 0 */32 * *", "0 0 * */13 *", "0 0 * * */8"])
+def test_a_cron_step_past_its_fields_largest_value_is_refused(expr: str) -> None:
+    error = refusal("cron", {"expr": expr})
+    assert error.field == "schedule_config.expr"
+    assert "step" in error.rule
+
+
+def test_cron_steps_up_to_each_fields_largest_value_are_accepted() -> None:
+    config = {"expr": "*/59 */23 */31 */12 */7"}
+    assert validate_schedule_config("cron", config) == config
+
+
+def test_a_cron_slash_without_a_step_is_refused() -> None:
+    assert refusal("cron", {"expr": "*/ * * * *"}).field == "schedule_config.expr"
+
+
+def test_cron_numbers_may_carry_leading_zeros() -> None:
+    config = {"expr": "005 09 * * *"}
+    assert validate_schedule_config("cron", config) == config
+
+
+@pytest.mark.parametrize("delay", ["30m\n", "30m\r\n"])
+def test_a_relative_delay_with_a_trailing_newline_is_refused(delay: str) -> None:
+    assert refusal("relative_delay", {"delay": delay}).field == "schedule_config.delay"
+
+
+def test_a_relative_delay_is_refused_past_the_number_of_days_its_message_names() -> None:
+    days = MAX_SCHEDULE_SECONDS // 86_400
+    assert validate_schedule_config("relative_delay", {"delay": f"{days}d"}) == {"delay": f"{days}d"}
+    error = refusal("relative_delay", {"delay": f"{days + 1}d"})
+    assert f"at most {days} days" in error.rule
+
+
+@pytest.mark.parametrize("fire_at_iso", ["9999-12-31T23:00:00-14:00", "0001-01-01T00:00:00+14:00"])
+def test_a_one_shot_at_that_overflows_once_in_utc_is_refused(fire_at_iso: str) -> None:
+    error = refusal("one_shot_at", {"fire_at_iso": fire_at_iso})
+    assert error.field == "schedule_config.fire_at_iso"
+    assert "once converted to UTC" in error.rule
+
+
+@pytest.mark.parametrize("fire_at_iso", ["9999-12-31T09:59:59-14:00", "0001-01-01T13:00:00+13:00"])
+def test_a_one_shot_at_that_fits_once_in_utc_is_accepted(fire_at_iso: str) -> None:
+    assert validate_schedule_config("one_shot_at", {"fire_at_iso": fire_at_iso}) == {"fire_at_iso": fire_at_iso}
+
+
+@pytest.mark.parametrize(
+    "fire_at_iso", ["2026-05-25\u00e914:00:00+00:00", "2026-05-25\n14:00:00+00:00", "2026-05-25x14:00:00+00:00"]
+)
+def test_a_one_shot_at_with_something_other_than_t_between_date_and_time_is_refused(fire_at_iso: str) -> None:
+    error = refusal("one_shot_at", {"fire_at_iso": fire_at_iso})
+    assert error.field == "schedule_config.fire_at_iso"
+    assert "ISO 8601" in error.rule
+
+
+def test_a_one_shot_at_may_separate_date_and_time_with_a_space_as_str_of_a_datetime_does() -> None:
+    config = {"fire_at_iso": str(datetime(2026, 5, 25, 14, tzinfo=UTC))}
+    assert validate_schedule_config("one_shot_at", config) == config
+
+
+def test_text_holding_a_backslash_then_u0000_is_not_taken_for_a_nul(registered: None) -> None:
+    config = {"tree": "C:\\u0000 and \\\\u0000"}
+    assert validate_schedule_config("test_tree", config) == config
+
+
+# Through the repository: refused, and nothing reaches the database.
+
+
+async def refused_by_the_repository(
+    wake_engine: AsyncEngine, schedule_type: str, config: Mapping[str, object]
+) -> tuple[InvalidInputError, int]:
+    """The error ``create`` raises, and how many schedules a new connection then finds."""
+    conversation_id = uuid.uuid4()
+    async with AsyncSession(wake_engine) as session:
+        with pytest.raises(InvalidInputError) as caught:
+            await WakeScheduleRepository(session).create(
+                conversation_id=conversation_id,
+                user_id=uuid.uuid4(),
+                agent_id=uuid.uuid4(),
+                schedule_type=schedule_type,
+                schedule_config=config,
+                next_fire_at=None,
+            )
+        await session.commit()
+    return caught.value, await stored_schedules(wake_engine, conversation_id)
+
+
+async def stored_schedules(wake_engine: AsyncEngine, conversation_id: uuid.UUID) -> int:
+    async with wake_engine.connect() as connection:
+        result = await connection.execute(
+            text("SELECT count(*) FROM agent_wake_schedules WHERE conversation_id = :c"), {"c": conversation_id}
+        )
+        return int(result.scalar_one())
+
+
+async def test_the_repository_stores_a_config_just_within_the_size_and_depth_bounds(
+    wake_engine: AsyncEngine, registered: None
+) -> None:
+    conversation_id = uuid.uuid4()
+    config = {"tree": [nested(MAX_CONFIG_DEPTH - 2, in_a_list), "x" * (MAX_CONFIG_BYTES - 1_000)]}
+    async with AsyncSession(wake_engine) as session:
+        await WakeScheduleRepository(session).create(
+            conversation_id=conversation_id,
+            user_id=uuid.uuid4(),
+            agent_id=uuid.uuid4(),
+            schedule_type="test_tree",
+            schedule_config=config,
+            next_fire_at=None,
+        )
+        await session.commit()
+    assert await stored_schedules(wake_engine, conversation_id) == 1
+
+
+async def test_the_repository_stores_nothing_for_a_config_over_the_size_bound(
+    wake_engine: AsyncEngine, registered: None
+) -> None:
+    error, stored = await refused_by_the_repository(wake_engine, "test_tree", note_of_json_size(MAX_CONFIG_BYTES + 1))
+    assert (type(error), error.field, stored) == (InvalidInputError, "schedule_config", 0)
+
+
+async def test_the_repository_stores_nothing_for_a_config_over_the_depth_bound(
+    wake_engine: AsyncEngine, registered: None
+) -> None:
+    error, stored = await refused_by_the_repository(wake_engine, "test_tree", {"tree": nested(5_000, in_a_dict)})
+    assert (type(error), error.field, stored) == (InvalidInputError, "schedule_config", 0)
+
+
+async def test_the_repository_stores_nothing_for_a_one_shot_at_that_overflows_in_utc(wake_engine: AsyncEngine) -> None:
+    config = {"fire_at_iso": "9999-12-31T23:00:00-14:00"}
+    error, stored = await refused_by_the_repository(wake_engine, "one_shot_at", config)
+    assert (type(error), error.field, stored) == (InvalidInputError, "schedule_config.fire_at_iso", 0)

@@ -4,11 +4,33 @@ One pydantic model per known type; an application registers its own types
 with :func:`register_schedule_type`. :func:`validate_schedule_config`
 refuses an unknown type and a config that does not fit its model, naming
 the field and the rule.
+
+Whatever the model, a config is also refused when it
+
+- nests objects and lists more than :data:`MAX_CONFIG_DEPTH` (32) levels
+  deep, counting the config itself as the first: checked by an iterative
+  walk before pydantic or ``json`` sees the config, since both recurse and
+  thousands of levels exhaust their stack. The built-in types use one
+  level; 32 leaves an application's own models room while staying far
+  below any recursion limit;
+- is larger than :data:`MAX_CONFIG_BYTES` (64 KiB) as compact UTF-8 JSON.
+  The stored JSON is measured; the config as given is also refused early
+  when its values and text alone could not fit, so that a huge config
+  costs one cheap walk. The built-in configs take well under 200 bytes;
+  64 KiB stays small next to a row while leaving an application's own
+  types generous room;
+- cannot be written as JSON that ``jsonb`` stores (bytes that are not
+  UTF-8, NaN, NUL characters, lone surrogates, unknown Python objects).
+
+Messages show a caller's value only as a short repr (at most about 40
+characters), so neither a long value nor the bulk of one ends up in a log.
 """
 
 import json
 import re
-from datetime import datetime
+from collections.abc import Mapping
+from contextlib import suppress
+from datetime import UTC, datetime
 from functools import cache
 from typing import Annotated, Any, Final
 from zoneinfo import available_timezones
@@ -19,6 +41,8 @@ from agent_wake._validation import require_utf8
 from agent_wake.errors import InvalidInputError
 
 __all__ = [
+    "MAX_CONFIG_BYTES",
+    "MAX_CONFIG_DEPTH",
     "CronConfig",
     "DailyAtConfig",
     "EveryNHoursConfig",
@@ -31,6 +55,24 @@ __all__ = [
     "validate_schedule_config",
 ]
 
+MAX_CONFIG_DEPTH: Final = 32
+MAX_CONFIG_BYTES: Final = 64 * 1024
+_TOO_LARGE: Final = f"must be at most {MAX_CONFIG_BYTES} bytes as compact UTF-8 JSON"
+_ECHO_CHARS: Final = 40
+# An application's model may put the whole value in its message, and a path
+# into a config 32 levels deep is long: both are cut to this many characters.
+_MAX_RULE_CHARS: Final = 200
+
+
+def _clipped(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _shown(value: str) -> str:
+    """The repr of a caller's ``value``, cut to about 40 characters for a message."""
+    # Slicing first keeps repr() from copying a value of millions of characters.
+    return _clipped(repr(value[: _ECHO_CHARS + 1]), _ECHO_CHARS)
+
 
 @cache
 def _zone_keys() -> frozenset[str]:
@@ -41,7 +83,7 @@ def _zone_keys() -> frozenset[str]:
 def _time_zone(name: str) -> str:
     # Only real zone keys: ZoneInfo itself would also take paths such as "../etc".
     if name not in _zone_keys():
-        raise ValueError(f"unknown time zone {name!r}")
+        raise ValueError(f"unknown time zone {_shown(name)}")
     return name
 
 
@@ -62,15 +104,27 @@ _CRON_FIELDS: Final = (
 )
 
 
+# [0-9], not isdigit(): that would take other scripts' digits, such as "٣".
+# Leading zeros aside, four digits at most: no field goes past 59, and int()
+# of thousands of digits is slow (Python refuses it past 4300).
+_CRON_NUMBER = re.compile(r"0*([0-9]{1,4})")
+
+
+def _cron_number(text: str, highest: int) -> int | None:
+    match = _CRON_NUMBER.fullmatch(text)
+    if match is None:
+        return None
+    value = int(match[1])
+    return value if value <= highest else None
+
+
 def _cron_value(token: str, lowest: int, highest: int, names: tuple[str, ...], field: str) -> int:
     if token.lower() in names:
         return names.index(token.lower()) + lowest
-    # isdigit() alone would take other scripts' digits, such as "٣".
-    if not (token.isascii() and token.isdigit()):
-        raise ValueError(f"{field}: {token!r} is not a number")
-    value = int(token)
-    if not lowest <= value <= highest:
-        raise ValueError(f"{field}: {value} is outside {lowest}-{highest}")
+    value = _cron_number(token, highest)
+    if value is None or value < lowest:
+        spelled = f" or a name ({names[0]}-{names[-1]})" if names else ""
+        raise ValueError(f"{field}: {_shown(token)} must be a number from {lowest} to {highest}{spelled}")
     return value
 
 
@@ -80,40 +134,53 @@ def _cron_expression(expr: str) -> str:
         raise ValueError(f"a cron expression has 5 fields, got {len(parts)}")
     for part, (field, lowest, highest, names) in zip(parts, _CRON_FIELDS, strict=True):
         for item in part.split(","):
-            span, _, step = item.partition("/")
-            if step and (not step.isdigit() or int(step) == 0):
-                raise ValueError(f"{field}: step {step!r} must be a positive number")
+            span, slash, step = item.partition("/")
+            # A step past the field's largest value is a mistake: it never reaches a second value.
+            if slash and _cron_number(step, highest) in (None, 0):
+                raise ValueError(f"{field}: step {_shown(step)} must be a whole number from 1 to {highest}")
             if span == "*":
                 continue
             start, dash, end = span.partition("-")
             first = _cron_value(start, lowest, highest, names, field)
             if dash and _cron_value(end, lowest, highest, names, field) < first:
-                raise ValueError(f"{field}: range {span!r} runs backwards")
+                raise ValueError(f"{field}: range {_shown(span)} runs backwards")
     return " ".join(parts)
 
 
-_DELAY = re.compile(r"^([1-9][0-9]{0,9})([smhd])$")
+_DELAY = re.compile(r"([1-9][0-9]{0,9})([smhd])")
 _SECONDS_PER_UNIT: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 # Beyond ten years a schedule is a mistake, and datetime arithmetic overflows soon after.
 MAX_SCHEDULE_SECONDS: Final = 10 * 366 * 86_400
 
 
 def _delay(value: str) -> str:
-    match = _DELAY.match(value)
+    match = _DELAY.fullmatch(value)
     if not match:
         raise ValueError("must be a positive whole number followed by s, m, h or d, like '30m'")
     if int(match[1]) * _SECONDS_PER_UNIT[match[2]] > MAX_SCHEDULE_SECONDS:
-        raise ValueError("must be at most ten years")
+        raise ValueError(f"must be at most {MAX_SCHEDULE_SECONDS // 86_400} days (about ten years)")
     return value
 
 
+# A date, T or a space, a time and maybe an offset: fromisoformat alone would
+# also take a date with no time, and any character at all between the two.
+_ISO_DATE_TIME = re.compile(r"[0-9W-]+[T ][0-9:.,]+(?:Z|[+-][0-9:.]+)?")
+
+
 def _aware_iso(value: str) -> str:
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise ValueError("must be an ISO 8601 date and time") from exc
+    moment: datetime | None = None
+    if _ISO_DATE_TIME.fullmatch(value):
+        # Refused below, not chained: fromisoformat's own error repeats the whole value.
+        with suppress(ValueError):
+            moment = datetime.fromisoformat(value)
+    if moment is None:
+        raise ValueError("must be an ISO 8601 date and time, like '2026-05-25T14:00:00+00:00'")
     if moment.tzinfo is None:
         raise ValueError("must carry a UTC offset, like '2026-05-25T14:00:00+00:00'")
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("must lie between years 1 and 9999 once converted to UTC") from None
     return value
 
 
@@ -191,40 +258,120 @@ _registry: dict[str, type[BaseModel]] = {
 def register_schedule_type(schedule_type: str, model: type[BaseModel]) -> None:
     """Accept ``schedule_type`` from now on, its config validated by ``model``.
 
-    Refuses to replace a type that is already registered.
+    Refuses a type that is not a slug, a ``model`` that is not a pydantic
+    model class, and replacing a type that is already registered.
     """
-    if not re.fullmatch(r"[a-z0-9_]{1,64}", schedule_type):
-        raise InvalidInputError("schedule_type", "must be a slug of a-z, 0-9 and _")
+    if not (isinstance(schedule_type, str) and re.fullmatch(r"[a-z0-9_]{1,64}", schedule_type)):
+        raise InvalidInputError("schedule_type", "must be a slug of 1 to 64 characters of a-z, 0-9 and _")
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise InvalidInputError("model", "must be a pydantic BaseModel subclass")
     if schedule_type in _registry:
-        raise InvalidInputError("schedule_type", f"{schedule_type!r} is already registered")
+        raise InvalidInputError("schedule_type", f"{_shown(schedule_type)} is already registered")
     _registry[schedule_type] = model
 
 
 def validate_schedule_config(schedule_type: str, config: Any) -> dict[str, Any]:
-    """Return ``config`` checked against its type's model, as the JSON to store."""
+    """Return ``config`` checked against its type's model, as the JSON to store.
+
+    Refuses an unknown type, a config that is not a dict, one nested deeper
+    than :data:`MAX_CONFIG_DEPTH`, one larger than :data:`MAX_CONFIG_BYTES`
+    as JSON, one its model refuses, and one that cannot be stored as
+    ``jsonb``. Costs one walk of the config, its model's validation and one
+    ``json.dumps``.
+    """
+    if not isinstance(schedule_type, str):
+        raise InvalidInputError("schedule_type", "must be a string")
     model = _registry.get(schedule_type)
     if model is None:
         raise InvalidInputError(
             "schedule_type",
-            f"unknown type {schedule_type!r}; known: {', '.join(sorted(_registry))} "
+            f"unknown type {_shown(schedule_type)}; known: {', '.join(sorted(_registry))} "
             "(register others with register_schedule_type)",
         )
     if not isinstance(config, dict):
         raise InvalidInputError("schedule_config", "must be a JSON object (a dict)")
+    _require_shallow_and_small(config)
+    validated = _validated(model, schedule_type, config)
+    if isinstance(validated, InvalidInputError):
+        raise validated
+    written = _as_json(validated)
+    if written is None:
+        raise InvalidInputError(
+            "schedule_config", "cannot be written as JSON (bytes that are not UTF-8, NaN, an unknown type, ...)"
+        )
+    dumped, text = written
+    _require_storable_json(text)
+    return dumped
+
+
+_CONTAINERS: Final = (Mapping, list, tuple, set, frozenset)
+
+
+def _require_shallow_and_small(config: dict[str, Any]) -> None:
+    # A walk with its own stack, not recursion, so that no depth can exhaust
+    # Python's. It also stops a config that could not fit in MAX_CONFIG_BYTES
+    # as given (one byte at least per value, per character of text) before
+    # pydantic spends time on it, and so bounds this walk's own work.
+    pending: list[tuple[Any, int]] = [(config, 1)]
+    size = 0
+    while pending:
+        value, depth = pending.pop()
+        if depth > MAX_CONFIG_DEPTH:
+            raise InvalidInputError(
+                "schedule_config", f"must nest at most {MAX_CONFIG_DEPTH} levels of objects and lists"
+            )
+        children = [*value.keys(), *value.values()] if isinstance(value, Mapping) else list(value)
+        size += len(children)
+        for child in children:
+            if isinstance(child, str | bytes):
+                size += len(child)
+            elif isinstance(child, _CONTAINERS):
+                pending.append((child, depth + 1))
+        if size > MAX_CONFIG_BYTES:
+            raise InvalidInputError("schedule_config", _TOO_LARGE)
+
+
+def _validated(model: type[BaseModel], schedule_type: str, config: dict[str, Any]) -> BaseModel | InvalidInputError:
+    # The refusal is returned, to be raised outside the except block: chained,
+    # the ValidationError would print an unknown key whole however long it is.
     try:
-        validated = model.model_validate(config).model_dump(mode="json")
+        return model.model_validate(config)
     except ValidationError as exc:
         error = exc.errors()[0]
-        location = ".".join(str(part) for part in error["loc"])
-        field = f"schedule_config.{location}" if location else "schedule_config"
-        raise InvalidInputError(field, f"{error['msg']} (schedule_type {schedule_type!r})") from exc
-    _require_storable_json(validated)
-    return validated
+    location = ".".join(_location_part(part) for part in error["loc"])
+    field = _clipped(f"schedule_config.{location}" if location else "schedule_config", _MAX_RULE_CHARS)
+    rule = _clipped(error["msg"], _MAX_RULE_CHARS)
+    return InvalidInputError(field, f"{rule} (schedule_type {_shown(schedule_type)})")
 
 
-def _require_storable_json(config: dict[str, Any]) -> None:
+def _location_part(part: int | str) -> str:
+    # A key the model does not know is the caller's own text.
+    if isinstance(part, str) and (len(part) > _ECHO_CHARS or not part.isprintable()):
+        return _shown(part)
+    return str(part)
+
+
+def _as_json(validated: BaseModel) -> tuple[dict[str, Any], str] | None:
+    # An application's model may hold what JSON cannot carry (pydantic's
+    # serialization errors and UnicodeDecodeError are ValueErrors). They are
+    # dropped here, so that none is chained to the InvalidInputError raised
+    # instead: a UnicodeDecodeError holds the bytes.
+    try:
+        dumped = validated.model_dump(mode="json")
+        return dumped, json.dumps(dumped, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return None
+
+
+# A NUL escaped by json.dumps: "\u0000" after an even number of backslashes
+# (an odd number means the text held a backslash followed by "u0000").
+_ESCAPED_NUL: Final = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def _require_storable_json(text: str) -> None:
     # jsonb refuses \u0000 and lone surrogates; an application's own model may let them through.
-    text = json.dumps(config, ensure_ascii=False)
-    if "\\u0000" in text:
+    if _ESCAPED_NUL.search(text):
         raise InvalidInputError("schedule_config", "must not contain NUL characters")
     require_utf8("schedule_config", text)
+    if len(text.encode("utf-8")) > MAX_CONFIG_BYTES:
+        raise InvalidInputError("schedule_config", _TOO_LARGE)

@@ -59,11 +59,27 @@ class SecretBox:
         return self._fernet.encrypt(plaintext.encode("utf-8"))
 
     def decrypt(self, ciphertext: bytes) -> str:
-        """The plaintext of ``ciphertext``; refuses one that no key opens."""
+        """The plaintext of ``ciphertext``; refuses one that no key opens or
+        whose plaintext is not UTF-8 text, without showing the plaintext."""
+        if not isinstance(ciphertext, bytes):
+            raise InvalidInputError("ciphertext", "must be bytes")
         try:
-            return self._fernet.decrypt(ciphertext).decode("utf-8")
+            plaintext = _utf8_or_none(self._fernet.decrypt(ciphertext))
         except InvalidToken:
             raise SecretDecryptionError("the stored secret cannot be decrypted with any configured key") from None
+        if plaintext is None:
+            raise SecretDecryptionError("the stored secret decrypts to bytes that are not UTF-8 text")
+        return plaintext
 
     def __repr__(self) -> str:
         return f"SecretBox(keys={self._key_count})"
+
+
+def _utf8_or_none(data: bytes) -> str | None:
+    # The UnicodeDecodeError holds the decrypted bytes: it is dropped here, so
+    # that it is neither the cause nor the context of the error raised instead,
+    # and the bytes are never a local of a frame in that error's traceback.
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
