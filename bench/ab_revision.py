@@ -124,29 +124,12 @@ def run_side(source: Path, url: str, path: str, operations: int) -> dict[str, An
     return side
 
 
-async def scratch_database(server: str) -> str:
-    """Create and migrate a database next to ``server``'s; return its URL."""
-    from alembic import command
-    from sqlalchemy.engine import make_url
-
-    from agent_wake import alembic_config
-    from agent_wake.pytest_plugin import _execute_autocommit
-
-    name = f"agent_wake_ab_{uuid.uuid4().hex[:8]}"
-    await _execute_autocommit(server, f'CREATE DATABASE "{name}"')
-    url = make_url(server).set(database=name).render_as_string(hide_password=False)
-    await asyncio.to_thread(command.upgrade, alembic_config(url), "head")
-    return url
-
-
 def compare(against: str, path: str, operations: int, alternations: int) -> None:
-    from sqlalchemy.engine import make_url
-
     from agent_wake import resolve_database_url
-    from agent_wake.pytest_plugin import _execute_autocommit
+    from agent_wake.testing import ScratchDatabase
 
-    server = resolve_database_url()
-    url = asyncio.run(scratch_database(server))
+    database = ScratchDatabase(resolve_database_url(), prefix="agent_wake_ab")
+    url = asyncio.run(database.create())
     with tempfile.TemporaryDirectory(prefix="agent-wake-ab-") as folder:
         worktree = Path(folder) / "old"
         git = ["git", "-C", str(REPOSITORY), "worktree"]
@@ -162,8 +145,7 @@ def compare(against: str, path: str, operations: int, alternations: int) -> None
                     sides[side].append(run_side(source, url, path, operations))
         finally:
             subprocess.run([*git, "remove", "--force", str(worktree)], check=True)
-            drop = f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'
-            asyncio.run(_execute_autocommit(server, drop))
+            asyncio.run(database.drop())
     old_cpu, new_cpu = (statistics.median(s["cpu_us"] for s in sides[side]) for side in ("old", "new"))
     old_wall, new_wall = (statistics.median(s["wall_us"] for s in sides[side]) for side in ("old", "new"))
     print(f"{path}: median per operation of each side, {alternations} runs of {operations} operations")

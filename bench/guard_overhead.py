@@ -21,12 +21,10 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from alembic import command
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
-from agent_wake import WakeScheduleRepository, alembic_config, install_partition_guard, resolve_database_url
-from agent_wake.pytest_plugin import _execute_autocommit
+from agent_wake import WakeScheduleRepository, install_partition_guard, resolve_database_url
+from agent_wake.testing import ScratchDatabase
 
 ROWS_PER_CONVERSATION = 50
 ReadPath = Callable[[WakeScheduleRepository], Awaitable[object]]
@@ -97,15 +95,8 @@ async def measure(url: str, rounds: int, block: int) -> dict[str, dict[str, floa
 
 
 async def run_in_scratch_database(rounds: int, block: int) -> dict[str, dict[str, float]]:
-    server = resolve_database_url()
-    name = f"agent_wake_bench_{uuid.uuid4().hex[:8]}"
-    await _execute_autocommit(server, f'CREATE DATABASE "{name}"')
-    url = make_url(server).set(database=name).render_as_string(hide_password=False)
-    try:
-        await asyncio.to_thread(command.upgrade, alembic_config(url), "head")
+    async with ScratchDatabase(resolve_database_url(), prefix="agent_wake_bench") as url:
         return await measure(url, rounds, block)
-    finally:
-        await _execute_autocommit(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def main() -> None:

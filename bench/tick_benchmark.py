@@ -12,15 +12,17 @@ Seeds a scratch database with COPY (at --scale 1: 100,000 schedules and
   (``exec_driver_sql`` on the connection of a session from the same
   factory, guard on, rows fetched), the floor of a repository that sends
   its SQL through SQLAlchemy sessions. The SQL is captured from the repository
-  with a ``before_cursor_execute`` listener and replayed; the replayed
+  with ``agent_wake.testing.capture_sql`` and replayed; the replayed
   statements and parameters are checked equal to what the repository sends
   for a second sample call before anything is timed;
 - claims per second of ``claim_due(limit=200)`` with 1, 2, 4 and 8 worker
   processes, each with its own engine, from the same due pool each time,
   until no due schedule is left (and that every due schedule was claimed once);
-- the plan (``EXPLAIN``, custom plan for the captured parameters) of every
-  statement of those paths, flagging a Seq Scan on agent_wake_schedules or
-  wake_fires (the exit status is then 1).
+- the plans of every statement of those paths, flagging a Seq Scan on
+  agent_wake_schedules or wake_fires (the exit status is then 1): the custom
+  plan for the captured parameters, and the generic plan (``PREPARE`` under
+  ``plan_cache_mode = force_generic_plan``), which PostgreSQL itself switches
+  a prepared statement to after five executions.
 
     AGENT_WAKE_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres python bench/tick_benchmark.py
     python bench/tick_benchmark.py --scale 0.1 --rounds 3          # a quick run
@@ -46,7 +48,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from multiprocessing.queues import Queue
@@ -56,8 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from alembic import command
-from sqlalchemy import event, text
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from uuid_utils.compat import uuid7
@@ -67,11 +67,11 @@ from agent_wake import (
     WakeFireRepository,
     WakeSchedule,
     WakeScheduleRepository,
-    alembic_config,
     create_engine_and_session_factory,
     resolve_database_url,
     spans_partitions,
 )
+from agent_wake.testing import CapturedStatement, ScratchDatabase, capture_sql
 
 SCHEDULES, FIRES, CONVERSATIONS = 100_000, 1_000_000, 10_000
 RANDOM_SEED = 20_240_601
@@ -256,19 +256,9 @@ async def seed(conn: asyncpg.Connection, scale: float, rng: random.Random) -> Se
     return seeded
 
 
-@contextmanager
-def capturing(engine: AsyncEngine) -> Iterator[list[Statement]]:
-    """The statements ``engine`` sends meanwhile, as the asyncpg dialect sends them ($n placeholders)."""
-    statements: list[Statement] = []
-
-    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
-        statements.append((statement, tuple(parameters)))
-
-    event.listen(engine.sync_engine, "before_cursor_execute", record)
-    try:
-        yield statements
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", record)
+def as_statements(captured: list[CapturedStatement]) -> list[Statement]:
+    """Captured statements as the asyncpg dialect sends them ($n placeholders), parameters as a tuple."""
+    return [(statement.sql, tuple(statement.parameters)) for statement in captured]
 
 
 @dataclass(frozen=True)
@@ -399,10 +389,11 @@ async def captured_template(
     name: str, engine: AsyncEngine, sample: Callable[[], Awaitable[Args]]
 ) -> tuple[Template, list[Statement]]:
     """Run the repository ``sample`` twice: the template from the first run, checked against the second."""
-    with capturing(engine) as first:
+    with capture_sql(engine) as first_captured:
         first_args = await sample()
-    with capturing(engine) as second:
+    with capture_sql(engine) as second_captured:
         second_args = await sample()
+    first, second = as_statements(first_captured), as_statements(second_captured)
     template = template_of(first, first_args)
     if fill(template, second_args) != second:
         raise RuntimeError(f"{name}: the replayed SQL differs from what the repository sends")
@@ -500,9 +491,8 @@ async def claim_path(
         async with sessions.begin() as session:
             claimed = await claim(session, tick)
         require_full_batch(len(claimed))
-        fires = [claimed_fire.fire for claimed_fire in claimed]
-        due = [(fire.conversation_id, fire.schedule_id, fire.scheduled_fire_at) for fire in fires]
-        return claim_columns(due, [fire.fire_id for fire in fires], tick)
+        due = [(fire.conversation_id, fire.schedule_id, fire.scheduled_fire_at) for fire in claimed]
+        return claim_columns(due, [fire.fire_id for fire in claimed], tick)
 
     await prepare()
     template, captured = await captured_template("claim_due", engine, sample)
@@ -584,25 +574,52 @@ def describe(node: dict[str, Any]) -> str:
     return " ".join(part for part in parts if part)
 
 
+async def explained(conn: asyncpg.Connection, sql: str, params: Sequence[Any], *, generic: bool) -> dict[str, Any]:
+    """EXPLAIN without ANALYZE (nothing runs): the custom plan for these parameters, or the
+    generic plan PostgreSQL switches a prepared statement to after five executions."""
+    if not generic:
+        return json.loads(await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql, *params))[0]["Plan"]
+    # EXPLAIN EXECUTE takes no bind parameters: the values go in as typed literals.
+    types = [
+        await conn.fetchval("SELECT format_type($1::oid, NULL)", parameter.oid)
+        for parameter in (await conn.prepare(sql)).get_parameters()
+    ]
+    literals = [
+        f"{await conn.fetchval(f'SELECT quote_nullable(($1::{type_})::text)', value)}::{type_}"
+        for type_, value in zip(types, params, strict=True)
+    ]
+    arguments = f"({', '.join(literals)})" if literals else ""
+    await conn.execute(f"PREPARE generic_check AS {sql}")
+    try:
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        explained_plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE generic_check{arguments}")
+        return json.loads(explained_plan)[0]["Plan"]
+    finally:
+        await conn.execute("RESET plan_cache_mode")
+        await conn.execute("DEALLOCATE generic_check")
+
+
 async def plans_of(conn: asyncpg.Connection, path: HotPath) -> list[dict[str, Any]]:
-    """Each statement's plan (EXPLAIN without ANALYZE: nothing runs): relations, indexes, Seq Scans."""
+    """Each statement's custom and generic plan: relations, indexes, Seq Scans."""
     summaries = []
     for sql, params in path.statements:
-        plan = json.loads(await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql, *params))
-        nodes = [node for node in plan_nodes(plan[0]["Plan"]) if "Relation Name" in node or "Index Name" in node]
-        table = re.search("|".join(SCANNED_TABLES), sql)
-        summaries.append(
-            {
-                "path": path.name,
-                "statement": f"{sql.split(None, 1)[0]} {table.group() if table else ''}",
-                "nodes": [describe(node) for node in nodes],
-                "seq_scan_on": [
-                    node["Relation Name"]
-                    for node in nodes
-                    if node["Node Type"] == "Seq Scan" and node["Relation Name"] in SCANNED_TABLES
-                ],
-            }
-        )
+        for generic in (False, True):
+            plan = await explained(conn, sql, params, generic=generic)
+            nodes = [node for node in plan_nodes(plan) if "Relation Name" in node or "Index Name" in node]
+            table = re.search("|".join(SCANNED_TABLES), sql)
+            summaries.append(
+                {
+                    "path": path.name,
+                    "statement": f"{sql.split(None, 1)[0]} {table.group() if table else ''}",
+                    "plan": "generic" if generic else "custom",
+                    "nodes": [describe(node) for node in nodes],
+                    "seq_scan_on": [
+                        node["Relation Name"]
+                        for node in nodes
+                        if node["Node Type"] == "Seq Scan" and node["Relation Name"] in SCANNED_TABLES
+                    ],
+                }
+            )
     return summaries
 
 
@@ -726,20 +743,8 @@ async def benchmark(url: str, scale: float, rounds: int) -> dict[str, Any]:
 
 
 async def run_in_scratch_database(scale: float, rounds: int) -> dict[str, Any]:
-    server = resolve_database_url()
-    admin_dsn = make_url(server).set(drivername="postgresql").render_as_string(hide_password=False)
-    name = f"agent_wake_tick_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        url = make_url(server).set(database=name).render_as_string(hide_password=False)
-        try:
-            await asyncio.to_thread(command.upgrade, alembic_config(url), "head")
-            return await benchmark(url, scale, rounds)
-        finally:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with ScratchDatabase(resolve_database_url(), prefix="agent_wake_tick") as url:
+        return await benchmark(url, scale, rounds)
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -766,10 +771,10 @@ def print_report(report: dict[str, Any]) -> None:
         print(
             f"{row['workers']:<30}{row['claimed']:>18,}{row['seconds']:>12.2f}{row['claims_per_s']:>10,.0f}{speedup:>8.2f}"
         )
-    print(f"\n{'plan (EXPLAIN)':<30}{'statement':<28}{'scans':<8}nodes")
+    print(f"\n{'plan (EXPLAIN)':<30}{'statement':<28}{'plan':<9}{'scans':<8}nodes")
     for plan in report["plans"]:
         verdict = "SEQ" if plan["seq_scan_on"] else "ok"
-        print(f"{plan['path']:<30}{plan['statement']:<28}{verdict:<8}{'; '.join(plan['nodes'])}")
+        print(f"{plan['path']:<30}{plan['statement']:<28}{plan['plan']:<9}{verdict:<8}{'; '.join(plan['nodes'])}")
     seconds = report["seconds"]
     print(f"\nseeding {seconds['seed']:.1f} s, whole run {seconds['total']:.1f} s")
 
@@ -791,7 +796,8 @@ def main() -> None:
     print(f"figures written to {arguments.json}")
     seq_scans = [plan for plan in report["plans"] if plan["seq_scan_on"]]
     if seq_scans:
-        sys.exit(f"Seq Scan on a wake table in: {', '.join(plan['path'] for plan in seq_scans)}")
+        flagged = ", ".join(f"{plan['path']} ({plan['plan']} plan)" for plan in seq_scans)
+        sys.exit(f"Seq Scan on a wake table in: {flagged}")
 
 
 if __name__ == "__main__":

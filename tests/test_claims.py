@@ -2,8 +2,6 @@
 
 import asyncio
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,6 +20,7 @@ from agent_wake import (
     WakeScheduleRepository,
 )
 from agent_wake._statements import PREBUILT
+from agent_wake.testing import capture_sql
 from agent_wake.testing.factories import WakeFactory
 from tests.clock import NOW, in_minutes
 
@@ -41,20 +40,6 @@ def hourly_coalesce(schedule: WakeSchedule, now: datetime) -> datetime | None:
 
 def one_shot(schedule: WakeSchedule, now: datetime) -> datetime | None:
     return None
-
-
-@contextmanager
-def statements_sent(engine: AsyncEngine) -> Iterator[list[str]]:
-    sent: list[str] = []
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        sent.append(statement)
-
-    event.listen(engine.sync_engine, "before_cursor_execute", record)
-    try:
-        yield sent
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", record)
 
 
 async def count_fires(session: AsyncSession, schedule: WakeSchedule) -> int:
@@ -235,8 +220,9 @@ async def test_a_batch_costs_three_statements_whatever_its_size(
 ) -> None:
     await seed_due_schedules(wake_engine, count=batch, conversations=10)
     async with AsyncSession(wake_engine) as session, session.begin():
-        with statements_sent(wake_engine) as sent:
+        with capture_sql(wake_engine) as captured:
             claims = await WakeScheduleRepository(session).claim_due(NOW, limit=batch, next_fire=hourly_coalesce)
+    sent = [statement.sql for statement in captured]
     assert len(claims) == batch
     # The texts are the prebuilt ones, whatever the batch size: one plan, one guard decision.
     names = ["schedules.claim_lock", "schedules.claim_fires", "schedules.claim_reschedule"]

@@ -7,7 +7,7 @@ from datetime import timedelta
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from agent_wake import SecretBox, WakeSchedule, WakeScheduleRepository
-from agent_wake.factories import WakeFactory
+from agent_wake.testing.factories import WakeFactory
 from tests.clock import NOW
 
 

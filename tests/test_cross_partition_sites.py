@@ -8,25 +8,24 @@ is in "raise" mode, so any other unscoped statement would already fail there.
 import ast
 import uuid
 from pathlib import Path
-from typing import Any
 
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from agent_wake import SecretBox, WakeFireRepository, WakeScheduleRepository, WebhookSubscriptionRepository
 from agent_wake.partition_guard import GUARDED_TABLES, _refusal
+from agent_wake.testing import capture_sql
 from tests.clock import NOW
 
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "agent_wake"
-# The tick's scan and claim (claim_due's locking query is built in
-# _claiming.locking_statement), the webhook receiver's lookup, the recovery
-# job's scan, and the pytest plugin's teardown that empties the wake tables
-# after a wake_engine test.
-DOCUMENTED_CROSS_PARTITION_FUNCTIONS = {
-    "list_due",
-    "locking_statement",
-    "find_by_id",
-    "list_stale_dispatching",
+# The tick's scan and claim, the webhook receiver's lookup and the recovery
+# job's scan (prebuilt statements, named by their key in
+# _statements.PREBUILT), and the pytest plugin's (testing/pytest_plugin.py)
+# teardown that empties the wake tables after a wake_engine test (a function).
+DOCUMENTED_CROSS_PARTITION_SITES = {
+    "schedules.list_due",
+    "schedules.claim_lock",
+    "subscriptions.find_by_id",
+    "fires.list_stale_dispatching",
     "wake_engine",
 }
 SPAN_NAMES = {"spans_partitions", "PartitionSpan"}
@@ -36,37 +35,60 @@ def package_sources() -> list[Path]:
     return [path for path in sorted(PACKAGE.rglob("*.py")) if path.name != "partition_guard.py"]
 
 
+def _span_calls(node: ast.AST) -> list[ast.Call]:
+    calls = []
+    for child in ast.walk(node):
+        if isinstance(child, ast.Call):
+            name = child.func.id if isinstance(child.func, ast.Name) else getattr(child.func, "attr", None)
+            if name in SPAN_NAMES:
+                calls.append(child)
+    return calls
+
+
 def spans_partitions_call_sites() -> list[tuple[str, str, ast.Call]]:
-    """Calls of spans_partitions or PartitionSpan, by plain name or as an attribute, per function."""
+    """Calls of spans_partitions or PartitionSpan, by plain name or as an attribute, with the
+    module's path in the package (``testing/pytest_plugin.py``) and the site: the enclosing
+    function, or the key of the module-level dict entry (a prebuilt statement) they sit in."""
     sites = []
     for path in package_sources():
+        module = path.relative_to(PACKAGE).as_posix()
         tree = ast.parse(path.read_text())
-        for function in ast.walk(tree):
-            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
-                continue
-            for node in ast.walk(function):
-                if not isinstance(node, ast.Call):
-                    continue
-                name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", None)
-                if name in SPAN_NAMES:
-                    sites.append((path.name, function.name, node))
+        found = 0
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                calls = _span_calls(node)
+                sites.extend((module, node.name, call) for call in calls)
+                found += len(calls)
+            elif isinstance(node, ast.Dict):
+                for key, value in zip(node.keys, node.values, strict=True):
+                    if isinstance(key, ast.Constant) and isinstance(key.value, str):
+                        calls = _span_calls(value)
+                        sites.extend((module, key.value, call) for call in calls)
+                        found += len(calls)
+        # A call outside both kinds of site would escape the documented list.
+        assert found == len(_span_calls(tree)), f"{module} opens a span outside a function or a prebuilt statement"
     return sites
 
 
-def test_only_the_documented_cross_partition_functions_span_partitions() -> None:
-    functions = {function for _, function, _ in spans_partitions_call_sites()}
-    assert functions == DOCUMENTED_CROSS_PARTITION_FUNCTIONS
+def test_only_the_documented_cross_partition_sites_span_partitions() -> None:
+    sites = {site for _, site, _ in spans_partitions_call_sites()}
+    assert sites == DOCUMENTED_CROSS_PARTITION_SITES
+
+
+def test_the_plugin_teardown_span_is_found_in_the_testing_package() -> None:
+    modules = {module for module, function, _ in spans_partitions_call_sites() if function == "wake_engine"}
+    assert modules == {"testing/pytest_plugin.py"}
 
 
 def test_no_module_opens_a_span_another_way() -> None:
     for path in package_sources():
         source = path.read_text()
-        assert "agent_wake_spans_partitions" not in source, f"{path.name} sets the span option by hand"
+        assert "agent_wake_spans_partitions" not in source, f"{path.relative_to(PACKAGE)} sets the span option by hand"
         tree = ast.parse(source)
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module == "agent_wake.partition_guard":
                 for alias in node.names:
-                    assert alias.asname is None, f"{path.name} imports {alias.name} under another name"
+                    assert alias.asname is None, f"{path.relative_to(PACKAGE)} imports {alias.name} under another name"
 
 
 def test_every_span_in_the_package_gives_a_literal_reason() -> None:
@@ -80,27 +102,23 @@ def test_every_span_in_the_package_gives_a_literal_reason() -> None:
 
 async def test_the_cross_partition_methods_would_be_refused_without_their_span(wake_database_url: str) -> None:
     engine = create_async_engine(wake_database_url)
-    sent: list[tuple[str, object]] = []
-
-    def record(conn: object, cursor: object, statement: str, params: object, context: Any, many: bool) -> None:
-        sent.append((statement, context.execution_options.get("agent_wake_spans_partitions")))
-
-    event.listen(engine.sync_engine, "before_cursor_execute", record)
     try:
         async with AsyncSession(engine) as session:
-            await WakeScheduleRepository(session).list_due(NOW)
-            await WakeScheduleRepository(session).claim_due(NOW, limit=10, next_fire=lambda schedule, now: None)
-            await WebhookSubscriptionRepository(session, SecretBox.from_keys(SecretBox.generate_key())).find_by_id(
-                uuid.uuid4()
-            )
-            await WakeFireRepository(session).list_stale_dispatching(NOW)
+            with capture_sql(engine) as sent:
+                await WakeScheduleRepository(session).list_due(NOW)
+                await WakeScheduleRepository(session).claim_due(NOW, limit=10, next_fire=lambda schedule, now: None)
+                await WebhookSubscriptionRepository(session, SecretBox.from_keys(SecretBox.generate_key())).find_by_id(
+                    uuid.uuid4()
+                )
+                await WakeFireRepository(session).list_stale_dispatching(NOW)
             await session.rollback()
     finally:
         await engine.dispose()
-    wake_statements = [(sql, reason) for sql, reason in sent if any(table in sql for table in GUARDED_TABLES)]
+    wake_statements = [statement for statement in sent if any(table in statement.sql for table in GUARDED_TABLES)]
     assert len(wake_statements) == 4
-    for sql, reason in wake_statements:
-        assert _refusal(sql) is not None, sql
+    for statement in wake_statements:
+        assert _refusal(statement.sql) is not None, statement.sql
+        reason = statement.execution_options.get("agent_wake_spans_partitions")
         assert isinstance(reason, str)
         assert reason
 

@@ -14,7 +14,7 @@ from agent_wake import (
     SecretBox,
     WakeFireRepository,
 )
-from agent_wake.factories import WakeFactory
+from agent_wake.testing.factories import WakeFactory
 from tests.clock import NOW
 
 

@@ -12,7 +12,7 @@ from agent_wake import (
     WakeScheduleRepository,
     WebhookSubscriptionRepository,
 )
-from agent_wake.factories import WakeFactory
+from agent_wake.testing.factories import WakeFactory
 
 
 async def test_deleting_a_skill_nulls_skill_id_and_default_skill_id(

@@ -19,7 +19,7 @@ from agent_wake import (
     WebhookSubscription,
     WebhookSubscriptionRepository,
 )
-from agent_wake.factories import WakeFactory
+from agent_wake.testing.factories import WakeFactory
 from tests.clock import NOW, in_minutes
 
 

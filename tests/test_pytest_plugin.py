@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from agent_wake.pytest_plugin import _from_testcontainers, start_test_server
+from agent_wake.testing.pytest_plugin import _from_testcontainers, start_test_server
 from tests.host_project import write_host_project
 
 pytest_plugins = ["pytester"]
@@ -130,7 +130,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agent_wake import spans_partitions
-from agent_wake.factories import WakeFactory
+from agent_wake.testing.factories import WakeFactory
 
 
 async def commit_five_and_count_all(wake_engine, wake_secrets):

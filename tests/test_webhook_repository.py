@@ -16,7 +16,7 @@ from agent_wake import (
     WebhookSubscription,
     WebhookSubscriptionRepository,
 )
-from agent_wake.factories import WakeFactory
+from agent_wake.testing.factories import WakeFactory
 from tests.clock import NOW
 
 SECRET = "whsec_test_secret_value"

@@ -21,10 +21,10 @@ from sqlalchemy import Connection, pool
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from agent_wake import database
-from agent_wake.migration_config import alembic_config  # noqa: F401  (kept importable from here)
 from agent_wake.models import Base
 
 __all__ = ["run_migrations"]
+
 
 def _option(name: str) -> str | None:
     value = context.get_x_argument(as_dictionary=True).get(name)

@@ -7,12 +7,13 @@ Fixtures, all named ``wake_*``; nothing starts or connects until a test asks:
   migrated once, dropped at the end;
 - ``wake_migrate`` (session): how that database is migrated; override it,
   or set the ini option ``agent_wake_alembic_ini``, to use your own Alembic
-  environment;
+  environment. It is called with the database URL in a thread with no event
+  loop running (see :class:`~agent_wake.testing.databases.ScratchDatabase`);
 - ``wake_session``: an ``AsyncSession`` in an outer transaction rolled back
   after the test (savepoints let the code under test call ``commit()``);
 - ``wake_engine``: an engine for tests that need their own connections; the
   wake tables are truncated after such a test;
-- ``wake_factory``: :class:`~agent_wake.factories.WakeFactory` on ``wake_session``;
+- ``wake_factory``: :class:`~agent_wake.testing.factories.WakeFactory` on ``wake_session``;
 - ``wake_secrets``: a :class:`~agent_wake.secret_box.SecretBox` with a key
   made for the test session.
 
@@ -24,7 +25,6 @@ guard on in ``raise`` mode.
 
 import asyncio
 import os
-import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,19 +32,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import pool, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
-from agent_wake.alembic_env import alembic_config
 from agent_wake.database import resolve_database_url, start_embedded_server
 from agent_wake.errors import AgentWakeError
-from agent_wake.factories import WakeFactory
 from agent_wake.partition_guard import GUARDED_TABLES, install_partition_guard, spans_partitions
 from agent_wake.secret_box import SecretBox
+from agent_wake.testing import databases
+from agent_wake.testing.factories import WakeFactory
 
 __all__ = [
     "ALEMBIC_INI_OPTION",
@@ -82,16 +80,6 @@ def _run_in_fresh_loop(coroutine: Coroutine[Any, Any, _T]) -> _T:
         return executor.submit(asyncio.run, coroutine).result()
 
 
-async def _execute_autocommit(url: str, *statements: str) -> None:
-    engine = create_async_engine(url, isolation_level="AUTOCOMMIT", poolclass=pool.NullPool)
-    try:
-        async with engine.connect() as connection:
-            for statement in statements:
-                await connection.execute(text(statement))
-    finally:
-        await engine.dispose()
-
-
 @dataclass
 class TestServer:
     """A PostgreSQL server for the test session: where it came from and its admin URL."""
@@ -111,7 +99,7 @@ def _from_environment(tried: list[str]) -> TestServer | None:
         return None
     url = resolve_database_url(configured)
     try:
-        _run_in_fresh_loop(_execute_autocommit(url, "SELECT 1"))
+        _run_in_fresh_loop(databases.execute_autocommit(url, "SELECT 1"))
     except Exception as exc:
         raise AgentWakeError(
             f"{TEST_DATABASE_URL_VARIABLE} is set but its server does not answer ({exc}); "
@@ -221,24 +209,25 @@ def wake_server(pytestconfig: pytest.Config) -> TestServer:
 
 @pytest.fixture(scope="session")
 def wake_migrate(pytestconfig: pytest.Config) -> Callable[[str], None]:
-    """Migrates a database URL to head. Override it to migrate with your own environment."""
+    """Migrates a database URL to head, called in a thread with no event loop
+    running. Override it to migrate with your own environment."""
     ini = pytestconfig.getini(ALEMBIC_INI_OPTION)
-    if ini:
-        ini_path = Path(pytestconfig.rootpath, ini)
+    if not ini:
+        return databases.migrate_to_head
+    ini_path = Path(pytestconfig.rootpath, ini)
 
-        def migrate_with_own_environment(url: str) -> None:
-            config = Config(str(ini_path))
-            # ConfigParser reads % as interpolation; a socket path in the URL is percent-encoded.
-            config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-            config.attributes["url"] = url
-            _run_in_fresh_loop(asyncio.to_thread(command.upgrade, config, "heads"))
+    def migrate_with_own_environment(url: str) -> None:
+        # Imported here: pytest loads this plugin in every run, most of which migrate nothing.
+        from alembic import command
+        from alembic.config import Config
 
-        return migrate_with_own_environment
+        config = Config(str(ini_path))
+        # ConfigParser reads % as interpolation; a socket path in the URL is percent-encoded.
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+        config.attributes["url"] = url
+        command.upgrade(config, "heads")
 
-    def migrate_with_agent_wake_scripts(url: str) -> None:
-        _run_in_fresh_loop(asyncio.to_thread(command.upgrade, alembic_config(url), "head"))
-
-    return migrate_with_agent_wake_scripts
+    return migrate_with_own_environment
 
 
 @pytest.fixture(scope="session")
@@ -247,14 +236,12 @@ def wake_database_url(
 ) -> Iterator[str]:
     """A database created for this test session (per xdist worker), migrated, dropped at the end."""
     worker = getattr(pytestconfig, "workerinput", {}).get("workerid", "main")
-    name = f"agent_wake_test_{worker}_{uuid.uuid4().hex[:10]}"
-    _run_in_fresh_loop(_execute_autocommit(wake_server.url, f'CREATE DATABASE "{name}"'))
-    url = make_url(wake_server.url).set(database=name).render_as_string(hide_password=False)
+    database = databases.ScratchDatabase(wake_server.url, prefix="agent_wake_test", worker=worker, migrate=wake_migrate)
+    url = _run_in_fresh_loop(database.create())
     try:
-        wake_migrate(url)
         yield url
     finally:
-        _run_in_fresh_loop(_execute_autocommit(wake_server.url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        _run_in_fresh_loop(database.drop())
 
 
 def _guarded_engine(url: str) -> AsyncEngine:
