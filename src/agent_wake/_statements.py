@@ -165,24 +165,29 @@ def _finalizing(columns: tuple[str, ...]) -> Executable:
     )
 
 
+def _batch_update(model: type[_Model], id_column: str, batch: str, columns: Mapping[str, TypeEngine[Any]]) -> Update:
+    """``UPDATE ... FROM unnest(...) AS batch(conversation_id, id_column, *columns)``: each
+    row of the batch (any conversations) sets ``columns`` of its row, in one statement.
+
+    The batch's conversations, as one array, also pin the partition for the guard.
+    """
+    table = table_of(model)
+    rows = unnest_rows(batch, {PARTITION_COLUMN: _UUID, id_column: _UUID, **columns})
+    return (
+        update(table)
+        .where(
+            table.c[PARTITION_COLUMN] == any_(bindparam(f"{batch}_{PARTITION_COLUMN}", type_=ARRAY(_UUID))),
+            table.c[PARTITION_COLUMN] == rows.c[PARTITION_COLUMN],
+            table.c[id_column] == rows.c[id_column],
+        )
+        .values({column: rows.c[column] for column in columns})
+    )
+
+
 def _finalizing_batch(columns: tuple[str, ...]) -> Executable:
     """Many ``dispatching`` fires (any conversations) finalized in one ``UPDATE ... FROM unnest``."""
-    outcome = unnest_rows(
-        "outcome",
-        {"conversation_id": _UUID, "fire_id": _UUID, **{column: _FIRES.c[column].type for column in columns}},
-    )
-    return returning_rows(
-        WakeFire,
-        update(_FIRES)
-        .where(
-            # The guard's pin: the batch's conversations, as one array.
-            _FIRES.c.conversation_id == any_(bindparam("outcome_conversation_id", type_=ARRAY(_UUID))),
-            _FIRES.c.conversation_id == outcome.c.conversation_id,
-            _FIRES.c.fire_id == outcome.c.fire_id,
-            _FIRES.c.status == constant("dispatching"),
-        )
-        .values({column: outcome.c[column] for column in columns}),
-    )
+    statement = _batch_update(WakeFire, "fire_id", "outcome", {column: _FIRES.c[column].type for column in columns})
+    return returning_rows(WakeFire, statement.where(_FIRES.c.status == constant("dispatching")))
 
 
 # The columns each finalization writes, in the order the repository validates them.
@@ -192,9 +197,6 @@ FAILURE_COLUMNS: Final = ("status", "error", "latency_ms")
 _claimed_fire = unnest_rows(
     "claimed_fire",
     {"conversation_id": _UUID, "fire_id": _UUID, "schedule_id": _UUID, "scheduled_fire_at": _INSTANT},
-)
-_claimed = unnest_rows(
-    "claimed", {"conversation_id": _UUID, "schedule_id": _UUID, "next_fire_at": _INSTANT, "status": Text()}
 )
 _STATUSES: Final = bindparam("statuses", type_=ARRAY(Text()))
 # Active schedules due at the parameter ``now``, oldest period first.
@@ -258,16 +260,8 @@ PREBUILT: Final[dict[str, Executable]] = {
     .returning(_FIRES.c.schedule_id, _FIRES.c.fire_id),
     "schedules.claim_reschedule": returning_rows(
         WakeSchedule,
-        update(_SCHEDULES)
-        .where(
-            _SCHEDULES.c.conversation_id == any_(bindparam("claimed_conversation_id", type_=ARRAY(_UUID))),
-            _SCHEDULES.c.conversation_id == _claimed.c.conversation_id,
-            _SCHEDULES.c.schedule_id == _claimed.c.schedule_id,
-        )
-        .values(
-            next_fire_at=_claimed.c.next_fire_at,
-            status=_claimed.c.status,
-            last_fired_at=bindparam("now", type_=_INSTANT),
+        _batch_update(WakeSchedule, "schedule_id", "claimed", {"next_fire_at": _INSTANT, "status": Text()}).values(
+            last_fired_at=bindparam("now", type_=_INSTANT)
         ),
     ),
     "fires.list_for_schedule": as_stored(
