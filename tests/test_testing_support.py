@@ -5,6 +5,7 @@ import re
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 from agent_wake.errors import InvalidInputError
@@ -40,7 +41,7 @@ async def open_the_savepoint(session: AsyncSession) -> None:
 def test_a_scratch_database_name_is_prefix_worker_and_random_hex(wake_server: TestServer) -> None:
     database = ScratchDatabase(wake_server.url, prefix="agent_wake_support", worker="gw3")
     assert re.fullmatch(r"agent_wake_support_gw3_[0-9a-f]{10}", database.name)
-    assert database.url.endswith(f"/{database.name}")
+    assert make_url(database.url).database == database.name
 
 
 async def test_a_scratch_database_is_migrated_to_head_with_the_wake_tables(wake_server: TestServer) -> None:
