@@ -24,6 +24,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "agent_wake"
 DOCUMENTED_CROSS_PARTITION_SITES = {
     "schedules.list_due",
     "schedules.claim_lock",
+    "schedules.claim_lock_excluding",
     "subscriptions.find_by_id",
     "fires.list_stale_dispatching",
     "wake_engine",

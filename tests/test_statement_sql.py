@@ -67,6 +67,37 @@ PINNED: dict[str, str] = {
         "agent_wake_schedules \nWHERE agent_wake_schedules.conversation_id = $1::UUID AND "
         "agent_wake_schedules.schedule_id = $2::UUID"
     ),
+    "schedules.set_next_fire_if_active": (
+        "UPDATE agent_wake_schedules SET next_fire_at=$1::TIMESTAMP WITH TIME ZONE, date_updated=now() "
+        "WHERE agent_wake_schedules.conversation_id = $2::UUID AND agent_wake_schedules.schedule_id = "
+        "$3::UUID AND agent_wake_schedules.status IN ('active')"
+    ),
+    "schedules.set_status_unless_expired": (
+        "UPDATE agent_wake_schedules SET status=$1::VARCHAR, next_fire_at=$2::TIMESTAMP WITH TIME ZONE, "
+        "date_updated=now() WHERE agent_wake_schedules.conversation_id = $3::UUID AND "
+        "agent_wake_schedules.schedule_id = $4::UUID AND agent_wake_schedules.status IN ('active', "
+        "'paused')"
+    ),
+    "schedules.set_status": (
+        "UPDATE agent_wake_schedules SET status=$1::VARCHAR, next_fire_at=$2::TIMESTAMP WITH TIME ZONE, "
+        "date_updated=now() WHERE agent_wake_schedules.conversation_id = $3::UUID AND "
+        "agent_wake_schedules.schedule_id = $4::UUID"
+    ),
+    "subscriptions.set_status": (
+        "UPDATE webhook_subscriptions SET status=$1::VARCHAR, date_updated=now() WHERE "
+        "webhook_subscriptions.conversation_id = $2::UUID AND webhook_subscriptions.subscription_id = "
+        "$3::UUID"
+    ),
+    "subscriptions.set_secret": (
+        "UPDATE webhook_subscriptions SET secret_ciphertext=$1::BYTEA, date_updated=now() WHERE "
+        "webhook_subscriptions.conversation_id = $2::UUID AND webhook_subscriptions.subscription_id = "
+        "$3::UUID"
+    ),
+    "subscriptions.record_fire_if_active": (
+        "UPDATE webhook_subscriptions SET last_fired_at=$1::TIMESTAMP WITH TIME ZONE, "
+        "date_updated=now() WHERE webhook_subscriptions.conversation_id = $2::UUID AND "
+        "webhook_subscriptions.subscription_id = $3::UUID AND webhook_subscriptions.status IN ('active')"
+    ),
     "schedules.claim_and_reschedule": (
         "UPDATE agent_wake_schedules SET status=$1::VARCHAR, next_fire_at=$2::TIMESTAMP WITH TIME ZONE, "
         "last_fired_at=$3::TIMESTAMP WITH TIME ZONE, date_updated=now() WHERE "
@@ -85,6 +116,13 @@ PINNED: dict[str, str] = {
         "agent_wake_schedules.next_fire_at, agent_wake_schedules.schedule_id \n LIMIT $2::INTEGER FOR "
         "UPDATE SKIP LOCKED"
     ),
+    "schedules.claim_lock_excluding": (
+        "agent_wake_schedules \nWHERE agent_wake_schedules.status = 'active' AND "
+        "agent_wake_schedules.next_fire_at <= $1::TIMESTAMP WITH TIME ZONE AND "
+        "agent_wake_schedules.schedule_id != ALL ($2::UUID[]) ORDER BY "
+        "agent_wake_schedules.next_fire_at, agent_wake_schedules.schedule_id \n LIMIT $3::INTEGER FOR "
+        "UPDATE SKIP LOCKED"
+    ),
     "schedules.claim_fires": (
         "INSERT INTO wake_fires (conversation_id, fire_id, schedule_id, webhook_subscription_id, "
         "scheduled_fire_at, actual_fired_at, status) SELECT claimed_fire.conversation_id, "
@@ -96,10 +134,11 @@ PINNED: dict[str, str] = {
     ),
     "schedules.claim_reschedule": (
         "UPDATE agent_wake_schedules SET status=claimed.status, next_fire_at=claimed.next_fire_at, "
-        "last_fired_at=$1::TIMESTAMP WITH TIME ZONE, date_updated=now() FROM unnest($2::UUID[], "
-        "$3::UUID[], $4::TIMESTAMP WITH TIME ZONE[], $5::TEXT[]) AS claimed(conversation_id, "
-        "schedule_id, next_fire_at, status) WHERE agent_wake_schedules.conversation_id = ANY "
-        "($2::UUID[]) AND agent_wake_schedules.conversation_id = claimed.conversation_id AND "
+        "last_fired_at=claimed.last_fired_at, date_updated=now() FROM unnest($1::UUID[], $2::UUID[], "
+        "$3::TIMESTAMP WITH TIME ZONE[], $4::TEXT[], $5::TIMESTAMP WITH TIME ZONE[]) AS "
+        "claimed(conversation_id, schedule_id, next_fire_at, status, last_fired_at) WHERE "
+        "agent_wake_schedules.conversation_id = ANY ($1::UUID[]) AND "
+        "agent_wake_schedules.conversation_id = claimed.conversation_id AND "
         "agent_wake_schedules.schedule_id = claimed.schedule_id"
     ),
     "fires.list_for_schedule": (
@@ -134,12 +173,12 @@ PINNED: dict[str, str] = {
     "fires.finalize_success": (
         "UPDATE wake_fires SET status=$1::VARCHAR, display_suppressed=$2::BOOLEAN, "
         "output_text=$3::VARCHAR, latency_ms=$4::INTEGER WHERE wake_fires.conversation_id = $5::UUID "
-        "AND wake_fires.fire_id = $6::UUID AND wake_fires.status = 'dispatching'"
+        "AND wake_fires.fire_id = $6::UUID AND wake_fires.status IN ('dispatching')"
     ),
     "fires.finalize_failed": (
         "UPDATE wake_fires SET status=$1::VARCHAR, latency_ms=$2::INTEGER, error=$3::VARCHAR WHERE "
         "wake_fires.conversation_id = $4::UUID AND wake_fires.fire_id = $5::UUID AND wake_fires.status "
-        "= 'dispatching'"
+        "IN ('dispatching')"
     ),
     "fires.finalize_success_batch": (
         "UPDATE wake_fires SET status=outcome.status, display_suppressed=outcome.display_suppressed, "

@@ -9,15 +9,20 @@ changes no held object. A delete removes the deleted row's held object from
 the session and applies the database's ``ON DELETE`` actions to the held
 objects that refer to it, without a round trip. Every database failure
 leaves as an :class:`~agent_wake.errors.AgentWakeError`.
+
+Reads flush the session's pending changes first (SQLAlchemy's autoflush),
+so a caller's own unflushed change is sent before the read, and a failure
+of that flush is raised by the read. With autoflush off, a read overwrites
+unflushed changes to the objects it returns with the stored row.
 """
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, ClassVar, Final, Generic, TypeVar
 
-from sqlalchemy import Executable, Table, update
+from sqlalchemy import Executable
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import attributes, object_mapper
+from sqlalchemy.orm import attributes
 from sqlalchemy.orm.util import identity_key
 
 from agent_wake import _statements
@@ -34,14 +39,14 @@ class PartitionedRepository(Generic[_Model]):
     """Base of the repositories: one row kind, keyed by (conversation_id, ``id_column``).
 
     Subclasses set ``model``, ``id_column``, ``entity`` (the noun used in
-    errors) and ``statements`` (the prefix of their entries in
+    errors) and ``statement_prefix`` (the prefix of their entries in
     :data:`agent_wake._statements.PREBUILT`).
     """
 
     model: ClassVar[type[Base]]
     id_column: ClassVar[str]
     entity: ClassVar[str]
-    statements: ClassVar[str]
+    statement_prefix: ClassVar[str]
 
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
@@ -70,10 +75,10 @@ class PartitionedRepository(Generic[_Model]):
             deleted = (await self._session.execute(self._prebuilt("delete"), parameters)).scalar_one_or_none()
         if deleted is None:
             raise self._not_found(parameters)
-        self._forget_deleted(parameters[self.id_column])
+        self._forget_deleted(parameters)
 
     def _prebuilt(self, name: str) -> Executable:
-        return _statements.PREBUILT[f"{self.statements}.{name}"]
+        return _statements.PREBUILT[f"{self.statement_prefix}.{name}"]
 
     def _key_parameters(self, conversation_id: object, entity_id: object) -> dict[str, uuid.UUID]:
         return {
@@ -104,57 +109,54 @@ class PartitionedRepository(Generic[_Model]):
         return row
 
     async def _update_one(
-        self,
-        key: Mapping[str, uuid.UUID],
-        values: Mapping[str, Any],
-        *,
-        action: str,
-        allowed_statuses: Sequence[str] | None = None,
+        self, key: Mapping[str, uuid.UUID], statement: Executable, values: Mapping[str, Any], *, action: str
     ) -> _Model:
-        """Set ``values`` on the row if its status is one of ``allowed_statuses`` (any, when None).
+        """Run a :func:`~agent_wake._statements.conditional_update` of the row with ``values``.
 
         One UPDATE; when it matches nothing, one SELECT tells not-found from
         a status conflict, and refreshes a held copy with the stored status.
         """
-        table: Table = _statements.table_of(self.model)
-        statement = update(table).where(
-            table.c[PARTITION_COLUMN] == key[PARTITION_COLUMN], table.c[self.id_column] == key[self.id_column]
-        )
-        if allowed_statuses is not None:
-            statement = statement.where(table.c.status.in_([_statements.constant(s) for s in allowed_statuses]))
-        updated = await self._one_or_none(_statements.returning_rows(self.model, statement.values(**values)), {})
+        parameters = {f"target_{name}": value for name, value in key.items()}
+        parameters.update((f"new_{column}", value) for column, value in values.items())
+        updated: _Model | None = await self._one_or_none(statement, parameters)
         if updated is not None:
-            return updated  # type: ignore[no-any-return]
+            return updated
         current = await self.get(key[PARTITION_COLUMN], key[self.id_column])
         if current is None:
             raise self._not_found(key)
-        raise StatusConflictError(
-            entity=self.entity, entity_id=key[self.id_column], action=action, status=getattr(current, "status", "")
-        )
+        status = str(current.status)  # type: ignore[attr-defined]  # only rows with a status have conditions
+        raise StatusConflictError(entity=self.entity, entity_id=key[self.id_column], action=action, status=status)
 
     def _held(self, model: type[Base], key: tuple[uuid.UUID, uuid.UUID]) -> Base | None:
         """The session's object of that row, if it holds one (no I/O)."""
         found = self._session.identity_map.get(identity_key(model, key))
         return found if isinstance(found, model) else None
 
-    def _forget_deleted(self, deleted_id: uuid.UUID) -> None:
+    def _forget_deleted(self, key: Mapping[str, uuid.UUID]) -> None:
         """Apply a delete to the held objects, as the database applied it to the rows.
 
         The deleted row's object leaves the session; objects whose foreign
-        key names it leave too (ON DELETE CASCADE) or get NULL there (SET NULL).
+        key names it leave too (ON DELETE CASCADE) or get NULL there (SET
+        NULL). An expired object of a referring table in the same
+        conversation cannot be checked without I/O; it leaves the session
+        (it holds no change: the next read loads it again).
         """
         deleted_table = _statements.table_of(self.model)
+        deleted = self._held(self.model, (key[PARTITION_COLUMN], key[self.id_column]))
+        if deleted is not None:
+            self._session.expunge(deleted)
         for held in list(self._session.identity_map.values()):
-            table = object_mapper(held).local_table
             state = attributes.instance_state(held)
-            if table is deleted_table and state.dict.get(self.id_column) == deleted_id:
-                self._session.expunge(held)
-                continue
-            for foreign_key in getattr(table, "foreign_keys", ()):
+            for foreign_key in state.mapper.local_table.foreign_keys:
                 if foreign_key.column.table is not deleted_table or foreign_key.column.name != self.id_column:
                     continue
                 column = foreign_key.parent.key
-                if state.dict.get(column) != deleted_id:
+                if column not in state.dict:
+                    if state.identity is not None and state.identity[0] == key[PARTITION_COLUMN]:
+                        self._session.expunge(held)
+                        break
+                    continue
+                if state.dict[column] != key[self.id_column]:
                     continue
                 if foreign_key.ondelete == "CASCADE":
                     self._session.expunge(held)

@@ -32,6 +32,7 @@ from sqlalchemy import (
     Integer,
     Table,
     Text,
+    all_,
     any_,
     bindparam,
     delete,
@@ -48,7 +49,6 @@ from sqlalchemy.sql.dml import Delete, Insert, Update
 from sqlalchemy.sql.selectable import Select, TableValuedAlias, TypedReturnsRows
 from sqlalchemy.types import TypeEngine
 
-from agent_wake import enums
 from agent_wake.models import PARTITION_COLUMN, Base, WakeFire, WakeSchedule, WebhookSubscription
 from agent_wake.partition_guard import spans_partitions
 
@@ -155,14 +155,17 @@ def _dispatching_from(source: type[WakeSchedule] | type[WebhookSubscription], id
     return returning_rows(WakeFire, _dispatching_fire(row))
 
 
-def _finalizing(columns: tuple[str, ...]) -> Executable:
-    """The ``dispatching`` fire (target_conversation_id, target_fire_id) set to the parameters ``new_<column>``."""
-    return returning_rows(
-        WakeFire,
-        update(_FIRES)
-        .where(_key_of(WakeFire, "fire_id", parameter_prefix="target_"), _FIRES.c.status == constant("dispatching"))
-        .values({column: bindparam(f"new_{column}", type_=_FIRES.c[column].type) for column in columns}),
-    )
+def conditional_update(
+    model: type[_Model], id_column: str, columns: tuple[str, ...], allowed_statuses: tuple[str, ...] | None
+) -> Executable:
+    """The row (``target_conversation_id``, ``target_<id_column>``) set to the parameters
+    ``new_<column>``, only if its status is one of ``allowed_statuses`` (any, when None)."""
+    table = table_of(model)
+    statement = update(table).where(_key_of(model, id_column, parameter_prefix="target_"))
+    if allowed_statuses is not None:
+        statement = statement.where(table.c.status.in_([constant(status) for status in allowed_statuses]))
+    values = {column: bindparam(f"new_{column}", type_=table.c[column].type) for column in columns}
+    return returning_rows(model, statement.values(values))
 
 
 def _batch_update(model: type[_Model], id_column: str, batch: str, columns: Mapping[str, TypeEngine[Any]]) -> Update:
@@ -223,6 +226,21 @@ PREBUILT: Final[dict[str, Executable]] = {
     .where(_SCHEDULES.c.conversation_id == bindparam(PARTITION_COLUMN, type_=_UUID))
     .where(_SCHEDULES.c.status == constant("active")),
     "schedules.source_exists": select(_SCHEDULES.c.schedule_id).where(_key_of(WakeSchedule, "schedule_id")),
+    # The status changes and fixed-column writes (update() builds its own: its columns are the caller's).
+    "schedules.set_next_fire_if_active": conditional_update(
+        WakeSchedule, "schedule_id", ("next_fire_at",), ("active",)
+    ),
+    "schedules.set_status_unless_expired": conditional_update(
+        WakeSchedule, "schedule_id", ("status", "next_fire_at"), ("active", "paused")
+    ),
+    "schedules.set_status": conditional_update(WakeSchedule, "schedule_id", ("status", "next_fire_at"), None),
+    "subscriptions.set_status": conditional_update(WebhookSubscription, "subscription_id", ("status",), None),
+    "subscriptions.set_secret": conditional_update(
+        WebhookSubscription, "subscription_id", ("secret_ciphertext",), None
+    ),
+    "subscriptions.record_fire_if_active": conditional_update(
+        WebhookSubscription, "subscription_id", ("last_fired_at",), ("active",)
+    ),
     "schedules.claim_and_reschedule": returning_rows(
         WakeSchedule,
         update(_SCHEDULES)
@@ -238,9 +256,15 @@ PREBUILT: Final[dict[str, Executable]] = {
         ),
     ),
     "schedules.list_due": as_stored(_DUE_FIRST.execution_options(**spans_partitions("tick: scan for due schedules"))),
-    # The tick's three statements (WakeScheduleRepository.claim_due).
+    # The tick's three statements (WakeScheduleRepository.claim_due), and the top-up
+    # lock it sends only when schedules whose next_fire failed took places in the batch.
     "schedules.claim_lock": as_stored(
         _DUE_FIRST.with_for_update(skip_locked=True).execution_options(**spans_partitions("tick: claim due schedules"))
+    ),
+    "schedules.claim_lock_excluding": as_stored(
+        _DUE_FIRST.where(_SCHEDULES.c.schedule_id != all_(bindparam("seen", type_=ARRAY(_UUID))))
+        .with_for_update(skip_locked=True)
+        .execution_options(**spans_partitions("tick: claim due schedules"))
     ),
     # A period that already has its fire (a schedule re-armed at an instant it fired for) gets none.
     "schedules.claim_fires": _dispatching_fire(
@@ -260,8 +284,11 @@ PREBUILT: Final[dict[str, Executable]] = {
     .returning(_FIRES.c.schedule_id, _FIRES.c.fire_id),
     "schedules.claim_reschedule": returning_rows(
         WakeSchedule,
-        _batch_update(WakeSchedule, "schedule_id", "claimed", {"next_fire_at": _INSTANT, "status": Text()}).values(
-            last_fired_at=bindparam("now", type_=_INSTANT)
+        _batch_update(
+            WakeSchedule,
+            "schedule_id",
+            "claimed",
+            {"next_fire_at": _INSTANT, "status": Text(), "last_fired_at": _INSTANT},
         ),
     ),
     "fires.list_for_schedule": as_stored(
@@ -286,8 +313,8 @@ PREBUILT: Final[dict[str, Executable]] = {
     .where(_FIRES.c.status == any_(_STATUSES)),
     "fires.create_dispatching_from_schedule": _dispatching_from(WakeSchedule, "schedule_id"),
     "fires.create_dispatching_from_subscription": _dispatching_from(WebhookSubscription, "subscription_id"),
-    "fires.finalize_success": _finalizing(SUCCESS_COLUMNS),
-    "fires.finalize_failed": _finalizing(FAILURE_COLUMNS),
+    "fires.finalize_success": conditional_update(WakeFire, "fire_id", SUCCESS_COLUMNS, ("dispatching",)),
+    "fires.finalize_failed": conditional_update(WakeFire, "fire_id", FAILURE_COLUMNS, ("dispatching",)),
     "fires.finalize_success_batch": _finalizing_batch(SUCCESS_COLUMNS),
     "fires.finalize_failed_batch": _finalizing_batch(FAILURE_COLUMNS),
     "fires.list_stale_dispatching": as_stored(
@@ -307,6 +334,3 @@ PREBUILT: Final[dict[str, Executable]] = {
         _key_of(WebhookSubscription, "subscription_id")
     ),
 }
-
-# Every fire status, for the reads whose status filter is optional.
-ALL_FIRE_STATUSES: Final = list(enums.FIRE_STATUSES)

@@ -40,7 +40,7 @@ class WakeFireRepository(PartitionedRepository[WakeFire]):
     model = WakeFire
     id_column = "fire_id"
     entity = "fire"
-    statements = "fires"
+    statement_prefix = "fires"
 
     async def create_dispatching(
         self,

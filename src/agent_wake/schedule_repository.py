@@ -10,8 +10,8 @@ from typing import Any, Final, TypedDict, Unpack
 
 import uuid_utils.compat as uuid_utils
 
+from agent_wake import _statements, enums
 from agent_wake import _validation as check
-from agent_wake import enums
 from agent_wake._repository import DEFAULT_LIST_LIMIT, PartitionedRepository
 from agent_wake.errors import InvalidInputError, NotFoundError, translate_database_errors
 from agent_wake.models import PARTITION_COLUMN, WakeSchedule
@@ -74,7 +74,6 @@ _MAX_PROMPT_LENGTH: Final = 100_000
 _MAX_NAME_LENGTH: Final = 500
 # Statuses a schedule can be created in; "expired" is reached only by firing.
 _CREATABLE_STATUSES: Final[tuple[enums.ScheduleStatus, ...]] = ("active", "paused")
-_NOT_EXPIRED: Final[tuple[enums.ScheduleStatus, ...]] = ("active", "paused")
 # The rule of each plain field, shared by create and update: (field, value) -> accepted value.
 _FIELD_RULES: Final[Mapping[str, Callable[[str, Any], object]]] = {
     "user_id": check.require_uuid,
@@ -111,7 +110,7 @@ class WakeScheduleRepository(PartitionedRepository[WakeSchedule]):
     model = WakeSchedule
     id_column = "schedule_id"
     entity = "schedule"
-    statements = "schedules"
+    statement_prefix = "schedules"
 
     async def create(
         self,
@@ -202,7 +201,8 @@ class WakeScheduleRepository(PartitionedRepository[WakeSchedule]):
             values.update(await self._validated_type_change(key, changes))
         if values.get("context_from_schedule_id") is not None:
             await self._require_context_source(key, values["context_from_schedule_id"])
-        return await self._update_one(key, values, action="update")
+        statement = _statements.conditional_update(WakeSchedule, "schedule_id", tuple(values), None)
+        return await self._update_one(key, statement, values, action="update")
 
     async def update_next_fire_at(
         self, conversation_id: uuid.UUID, schedule_id: uuid.UUID, next_fire_at: datetime | None
@@ -210,16 +210,18 @@ class WakeScheduleRepository(PartitionedRepository[WakeSchedule]):
         """Set ``next_fire_at`` of an active schedule; refuses a paused or expired one."""
         key = self._key_parameters(conversation_id, schedule_id)
         values = {"next_fire_at": check.optional_aware("next_fire_at", next_fire_at)}
-        return await self._update_one(key, values, action="set next_fire_at of", allowed_statuses=("active",))
+        return await self._update_one(
+            key, self._prebuilt("set_next_fire_if_active"), values, action="set next_fire_at of"
+        )
 
     async def pause(self, conversation_id: uuid.UUID, schedule_id: uuid.UUID) -> WakeSchedule:
-        """Active → paused, clearing ``next_fire_at``; pausing a paused one changes nothing.
+        """Active → paused, clearing ``next_fire_at``; a paused schedule stays paused (the row is still written).
 
         Refuses an expired schedule (:class:`~agent_wake.errors.StatusConflictError`).
         """
         key = self._key_parameters(conversation_id, schedule_id)
         values = {"status": "paused", "next_fire_at": None}
-        return await self._update_one(key, values, action="pause", allowed_statuses=_NOT_EXPIRED)
+        return await self._update_one(key, self._prebuilt("set_status_unless_expired"), values, action="pause")
 
     async def resume(
         self, conversation_id: uuid.UUID, schedule_id: uuid.UUID, *, next_fire_at: datetime
@@ -227,12 +229,13 @@ class WakeScheduleRepository(PartitionedRepository[WakeSchedule]):
         """Paused → active, firing next at ``next_fire_at``. Never revives an expired schedule."""
         key = self._key_parameters(conversation_id, schedule_id)
         values = {"status": "active", "next_fire_at": check.require_aware("next_fire_at", next_fire_at)}
-        return await self._update_one(key, values, action="resume", allowed_statuses=_NOT_EXPIRED)
+        return await self._update_one(key, self._prebuilt("set_status_unless_expired"), values, action="resume")
 
     async def mark_expired(self, conversation_id: uuid.UUID, schedule_id: uuid.UUID) -> WakeSchedule:
         """Mark the schedule expired (terminal) and clear ``next_fire_at``."""
         key = self._key_parameters(conversation_id, schedule_id)
-        return await self._update_one(key, {"status": "expired", "next_fire_at": None}, action="expire")
+        values = {"status": "expired", "next_fire_at": None}
+        return await self._update_one(key, self._prebuilt("set_status"), values, action="expire")
 
     async def claim_and_reschedule(
         self,
@@ -314,40 +317,58 @@ class WakeScheduleRepository(PartitionedRepository[WakeSchedule]):
         if not callable(next_fire):
             raise InvalidInputError("next_fire", "must be a function (schedule, now) -> datetime | None")
         due = await self._all(self._prebuilt("claim_lock"), {"now": now, "limit": limit})
-        planned = [(s, following) for s in due if (following := _following(s, now, next_fire)) is not None]
+        planned: list[_Planned] = []
+        seen: list[uuid.UUID] = []
+        while due:
+            requested = limit - len(planned)
+            seen.extend(schedule.schedule_id for schedule in due)
+            planned.extend(plan for schedule in due if (plan := _planned(schedule, now, next_fire)) is not None)
+            if len(planned) == limit or len(due) < requested:
+                break
+            # Schedules whose next_fire failed took places in the batch: they stay
+            # locked by this transaction (so due to it again) and are excluded here.
+            parameters = {"now": now, "limit": limit - len(planned), "seen": seen}
+            due = await self._all(self._prebuilt("claim_lock_excluding"), parameters)
         if not planned:
             return []
-        fire_ids = [uuid_utils.uuid7() for _ in planned]
-        conversation_ids = [schedule.conversation_id for schedule, _ in planned]
-        schedule_ids = [schedule.schedule_id for schedule, _ in planned]
-        periods = [schedule.next_fire_at for schedule, _ in planned]
+        conversation_ids = [plan.conversation_id for plan in planned]
+        schedule_ids = [plan.schedule_id for plan in planned]
         with translate_database_errors():
             inserted = await self._session.execute(
                 self._prebuilt("claim_fires"),
                 {
                     "now": now,
                     "claimed_fire_conversation_id": conversation_ids,
-                    "claimed_fire_fire_id": fire_ids,
+                    "claimed_fire_fire_id": [uuid_utils.uuid7() for _ in planned],
                     "claimed_fire_schedule_id": schedule_ids,
-                    "claimed_fire_scheduled_fire_at": periods,
+                    "claimed_fire_scheduled_fire_at": [plan.period for plan in planned],
                 },
             )
             fired: dict[uuid.UUID, uuid.UUID] = {schedule_id: fire_id for schedule_id, fire_id in inserted}
-        await self._all(
+        for plan in planned:
+            if plan.schedule_id not in fired:
+                _logger.warning(
+                    "claim_due: schedule %s of conversation %s already has its fire for %s; advanced without a new one",
+                    plan.schedule_id,
+                    plan.conversation_id,
+                    plan.period.isoformat(),
+                )
+        rescheduled = await self._all(
             self._prebuilt("claim_reschedule"),
             {
-                "now": now,
                 "claimed_conversation_id": conversation_ids,
                 "claimed_schedule_id": schedule_ids,
-                "claimed_next_fire_at": [following.instant for _, following in planned],
-                "claimed_status": [following.status for _, following in planned],
+                "claimed_next_fire_at": [plan.following for plan in planned],
+                "claimed_status": [plan.status for plan in planned],
+                # Stamped only where a fire was written: an advanced period did not fire.
+                "claimed_last_fired_at": [now if plan.schedule_id in fired else plan.last_fired_at for plan in planned],
             },
         )
-        # The reschedule refreshed the locked schedules in place.
+        stored = {schedule.schedule_id: schedule for schedule in rescheduled}
         return [
-            _claimed_fire(schedule, fired[schedule.schedule_id], period, now)
-            for (schedule, _), period in zip(planned, periods, strict=True)
-            if schedule.schedule_id in fired
+            _claimed_fire(stored[plan.schedule_id], fired[plan.schedule_id], plan.period, now)
+            for plan in planned
+            if plan.schedule_id in fired
         ]
 
     async def _require_context_source(self, key: Mapping[str, uuid.UUID], source_id: uuid.UUID) -> None:
@@ -374,26 +395,29 @@ class WakeScheduleRepository(PartitionedRepository[WakeSchedule]):
 
 
 @dataclass(frozen=True, slots=True)
-class _Following:
-    """What a claim sets: the next period, or None and ``expired``."""
+class _Planned:
+    """One schedule of a claim, read before ``next_fire`` could touch it, and what the claim sets."""
 
-    instant: datetime | None
+    conversation_id: uuid.UUID
+    schedule_id: uuid.UUID
+    period: datetime
+    last_fired_at: datetime | None
+    following: datetime | None
     status: enums.ScheduleStatus
 
 
-def _following(schedule: WakeSchedule, now: datetime, next_fire: NextFire) -> _Following | None:
-    """``next_fire``'s answer for ``schedule``, checked; None (logged) when it fails."""
+def _planned(schedule: WakeSchedule, now: datetime, next_fire: NextFire) -> _Planned | None:
+    """The claim of ``schedule`` with ``next_fire``'s answer checked; None (logged) when it fails."""
+    period, last_fired_at = schedule.next_fire_at, schedule.last_fired_at
+    assert period is not None  # the locking query selects only due schedules
     try:
         following = next_fire(schedule, now)
-        if following is None:
-            return _Following(None, "expired")
-        checked = check.require_aware("next_fire", following)
-        assert schedule.next_fire_at is not None  # the locking query selects only due schedules
-        if checked <= schedule.next_fire_at:
-            raise InvalidInputError(
-                "next_fire",
-                f"returned {checked.isoformat()}, not after the claimed period {schedule.next_fire_at.isoformat()}",
-            )
+        if following is not None:
+            following = check.require_aware("next_fire", following)
+            if following <= period:
+                raise InvalidInputError(
+                    "next_fire", f"returned {following.isoformat()}, not after the claimed period {period.isoformat()}"
+                )
     except Exception:
         _logger.exception(
             "claim_due: next_fire failed for schedule %s of conversation %s; it stays due and unclaimed",
@@ -401,7 +425,8 @@ def _following(schedule: WakeSchedule, now: datetime, next_fire: NextFire) -> _F
             schedule.conversation_id,
         )
         return None
-    return _Following(checked, "active")
+    status: enums.ScheduleStatus = "expired" if following is None else "active"
+    return _Planned(schedule.conversation_id, schedule.schedule_id, period, last_fired_at, following, status)
 
 
 def _claimed_fire(schedule: WakeSchedule, fire_id: uuid.UUID, period: datetime, now: datetime) -> ClaimedFire:

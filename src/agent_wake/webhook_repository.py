@@ -48,7 +48,7 @@ class WebhookSubscriptionRepository(PartitionedRepository[WebhookSubscription]):
     model = WebhookSubscription
     id_column = "subscription_id"
     entity = "webhook subscription"
-    statements = "subscriptions"
+    statement_prefix = "subscriptions"
 
     def __init__(self, session: AsyncSession, secrets: SecretBox) -> None:
         if not isinstance(secrets, SecretBox):
@@ -114,18 +114,19 @@ class WebhookSubscriptionRepository(PartitionedRepository[WebhookSubscription]):
         """
         key = self._key_parameters(conversation_id, subscription_id)
         secret = SecretBox.generate_secret() if new_secret is None else _require_secret("new_secret", new_secret)
-        await self._update_one(key, {"secret_ciphertext": self._secrets.encrypt(secret)}, action="rotate the secret of")
+        values = {"secret_ciphertext": self._secrets.encrypt(secret)}
+        await self._update_one(key, self._prebuilt("set_secret"), values, action="rotate the secret of")
         return secret
 
     async def pause(self, conversation_id: uuid.UUID, subscription_id: uuid.UUID) -> WebhookSubscription:
-        """Stop accepting fires; pausing a paused subscription changes nothing. One UPDATE."""
+        """Stop accepting fires; a paused subscription stays paused (the row is still written). One UPDATE."""
         key = self._key_parameters(conversation_id, subscription_id)
-        return await self._update_one(key, {"status": "paused"}, action="pause")
+        return await self._update_one(key, self._prebuilt("set_status"), {"status": "paused"}, action="pause")
 
     async def resume(self, conversation_id: uuid.UUID, subscription_id: uuid.UUID) -> WebhookSubscription:
-        """Accept fires again; resuming an active subscription changes nothing. One UPDATE."""
+        """Accept fires again; an active subscription stays active (the row is still written). One UPDATE."""
         key = self._key_parameters(conversation_id, subscription_id)
-        return await self._update_one(key, {"status": "active"}, action="resume")
+        return await self._update_one(key, self._prebuilt("set_status"), {"status": "active"}, action="resume")
 
     async def record_fire(
         self, conversation_id: uuid.UUID, subscription_id: uuid.UUID, *, fired_at: datetime
@@ -134,7 +135,7 @@ class WebhookSubscriptionRepository(PartitionedRepository[WebhookSubscription]):
         (:class:`~agent_wake.errors.StatusConflictError`). One UPDATE."""
         key = self._key_parameters(conversation_id, subscription_id)
         values = {"last_fired_at": check.require_aware("fired_at", fired_at)}
-        return await self._update_one(key, values, action="record a fire of", allowed_statuses=("active",))
+        return await self._update_one(key, self._prebuilt("record_fire_if_active"), values, action="record a fire of")
 
     async def find_by_id(self, subscription_id: uuid.UUID) -> WebhookSubscription | None:
         """Cross-partition: the subscription with this id in any conversation, or ``None``.
