@@ -79,16 +79,18 @@ async def test_claim_due_writes_a_fire_per_schedule_and_reschedules(
 async def test_claimed_schedules_show_what_was_stored_with_nothing_left_to_flush(
     wake_factory: WakeFactory, wake_session: AsyncSession
 ) -> None:
-    await wake_factory.schedule(next_fire_at=NOW - HOUR)
-    await wake_factory.schedule(
-        schedule_type="one_shot_at", schedule_config={"fire_at_iso": NOW.isoformat()}, next_fire_at=NOW
-    )
+    held = [
+        await wake_factory.schedule(next_fire_at=NOW - HOUR),
+        await wake_factory.schedule(
+            schedule_type="one_shot_at", schedule_config={"fire_at_iso": NOW.isoformat()}, next_fire_at=NOW
+        ),
+    ]
     claims = await WakeScheduleRepository(wake_session).claim_due(
         NOW, limit=10, next_fire=lambda schedule, now: None if schedule.schedule_type == "one_shot_at" else now + HOUR
     )
     assert len(claims) == 2
     assert not wake_session.dirty
-    for claim in claims:
+    for schedule, claim in zip(held, claims, strict=True):
         stored = (
             await wake_session.execute(
                 text(
@@ -98,10 +100,9 @@ async def test_claimed_schedules_show_what_was_stored_with_nothing_left_to_flush
                 {"c": claim.conversation_id, "s": claim.schedule_id},
             )
         ).one()
-        held = await WakeScheduleRepository(wake_session).get(claim.conversation_id, claim.schedule_id)
-        assert held is not None
-        assert (held.status, held.next_fire_at, held.last_fired_at, held.date_updated) == tuple(stored)
-        assert (claim.schedule_status, claim.next_fire_at) == (held.status, held.next_fire_at)
+        # The objects the factory returned, refreshed in place by the claim.
+        assert (schedule.status, schedule.next_fire_at, schedule.last_fired_at, schedule.date_updated) == tuple(stored)
+        assert (claim.schedule_status, claim.next_fire_at) == (schedule.status, schedule.next_fire_at)
     assert {claim.schedule_status for claim in claims} == {"active", "expired"}
 
 
@@ -179,6 +180,42 @@ async def test_a_schedule_whose_next_fire_fails_is_left_due_and_the_rest_are_cla
     assert (stored.status, stored.next_fire_at, stored.last_fired_at) == ("active", NOW - 2 * HOUR, None)
     assert str(broken.schedule_id) in caplog.text
     assert logged in caplog.text
+
+
+async def test_broken_schedules_that_fill_the_batch_do_not_starve_a_healthy_one(
+    wake_factory: WakeFactory, wake_session: AsyncSession
+) -> None:
+    broken = {(await wake_factory.schedule(next_fire_at=NOW - 3 * HOUR)).schedule_id for _ in range(3)}
+    healthy = await wake_factory.schedule(next_fire_at=NOW - HOUR)
+
+    def next_fire(schedule: WakeSchedule, now: datetime) -> datetime | None:
+        if schedule.schedule_id in broken:
+            raise RuntimeError("broken schedule arithmetic")
+        return hourly_coalesce(schedule, now)
+
+    with capture_sql(wake_session) as captured:
+        claims = await WakeScheduleRepository(wake_session).claim_due(NOW, limit=3, next_fire=next_fire)
+
+    assert [claim.schedule_id for claim in claims] == [healthy.schedule_id]
+    locking = [PREBUILT[name] for name in ("schedules.claim_lock", "schedules.claim_lock_excluding")]
+    assert [statement.sql for statement in captured][:2] == [
+        str(statement.compile(dialect=wake_session.bind.dialect)) for statement in locking
+    ]
+
+
+async def test_an_advanced_period_that_already_fired_keeps_its_last_fired_at(
+    wake_factory: WakeFactory, wake_session: AsyncSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    schedule = await wake_factory.schedule(next_fire_at=NOW - HOUR)
+    await WakeFireRepository(wake_session).create_dispatching(
+        conversation_id=schedule.conversation_id, schedule_id=schedule.schedule_id, scheduled_fire_at=NOW - HOUR
+    )
+
+    claims = await WakeScheduleRepository(wake_session).claim_due(NOW, limit=10, next_fire=hourly_coalesce)
+
+    assert claims == []
+    assert (schedule.next_fire_at, schedule.last_fired_at) == (NOW + HOUR, None)
+    assert "already has its fire" in caplog.text
 
 
 async def test_a_period_that_already_has_its_fire_gets_no_second_one(

@@ -8,6 +8,7 @@ reading back on a new connection.
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -29,6 +30,7 @@ from agent_wake import (
 )
 from agent_wake._validation import require_aware
 from agent_wake.errors import translate_database_errors
+from agent_wake.testing import capture_sql
 from agent_wake.testing.factories import WakeFactory
 from tests.clock import NOW
 
@@ -65,52 +67,66 @@ async def fire_count(engine: AsyncEngine, conversation_id: uuid.UUID) -> int:
         return int(found.scalar_one())
 
 
+def overflowing_calls(
+    session: AsyncSession, secrets: SecretBox, conversation_id: uuid.UUID, schedule_id: uuid.UUID, instant: datetime
+) -> dict[str, Callable[[], Awaitable[object]]]:
+    """Each method that takes an instant, called with ``instant``, by the field it must name."""
+    schedules = WakeScheduleRepository(session)
+    fires = WakeFireRepository(session)
+    subscriptions = WebhookSubscriptionRepository(session, secrets)
+    return {
+        "create": lambda: schedules.create(
+            conversation_id=conversation_id,
+            user_id=uuid.uuid4(),
+            agent_id=uuid.uuid4(),
+            schedule_type="interval",
+            schedule_config={"seconds": 60},
+            next_fire_at=instant,
+        ),
+        "update_next_fire_at": lambda: schedules.update_next_fire_at(conversation_id, schedule_id, instant),
+        "list_due": lambda: schedules.list_due(instant),
+        "count_in_window": lambda: fires.count_in_window(conversation_id, instant),
+        "claim_due": lambda: schedules.claim_due(instant, limit=5, next_fire=lambda s, now: None),
+        "claim_and_reschedule": lambda: schedules.claim_and_reschedule(
+            conversation_id=conversation_id,
+            schedule_id=schedule_id,
+            expected_next_fire=instant,
+            computed_next_fire=None,
+            new_status="expired",
+            now=NOW,
+        ),
+        "create_dispatching": lambda: fires.create_dispatching(
+            conversation_id=conversation_id, schedule_id=schedule_id, scheduled_fire_at=instant
+        ),
+        "record_fire": lambda: subscriptions.record_fire(conversation_id, uuid.uuid4(), fired_at=instant),
+    }
+
+
+FIELD_OF = {
+    "create": "next_fire_at",
+    "update_next_fire_at": "next_fire_at",
+    "list_due": "now",
+    "count_in_window": "since",
+    "claim_due": "now",
+    "claim_and_reschedule": "expected_next_fire",
+    "create_dispatching": "scheduled_fire_at",
+    "record_fire": "fired_at",
+}
+
+
+@pytest.mark.parametrize("method", sorted(FIELD_OF))
 @pytest.mark.parametrize("instant", OVERFLOWING, ids=["9999-12-31T23-14", "0001-01-01T00+14"])
-async def test_an_instant_that_overflows_in_utc_is_refused_by_every_method_before_any_sql(
-    wake_engine: AsyncEngine, wake_secrets: SecretBox, instant: datetime
+async def test_an_instant_that_overflows_in_utc_is_refused_before_any_sql(
+    wake_engine: AsyncEngine, wake_secrets: SecretBox, instant: datetime, method: str
 ) -> None:
     conversation_id, schedule_id = await committed_schedule(wake_engine, wake_secrets, next_fire_at=NOW)
     before = await stored_schedule(wake_engine, conversation_id)
     async with async_sessionmaker(wake_engine)() as session:
-        schedules = WakeScheduleRepository(session)
-        fires = WakeFireRepository(session)
-        subscription = await WakeFactory(session, wake_secrets).subscription(conversation_id=conversation_id)
-        subscriptions = WebhookSubscriptionRepository(session, wake_secrets)
-        calls = {
-            "next_fire_at": lambda: schedules.create(
-                conversation_id=conversation_id,
-                user_id=uuid.uuid4(),
-                agent_id=uuid.uuid4(),
-                schedule_type="interval",
-                schedule_config={"seconds": 60},
-                next_fire_at=instant,
-            ),
-            "next_fire_at ": lambda: schedules.update_next_fire_at(conversation_id, schedule_id, instant),
-            "now": lambda: schedules.list_due(instant),
-            "since": lambda: fires.count_in_window(conversation_id, instant),
-            "now ": lambda: schedules.claim_due(instant, limit=5, next_fire=lambda s, now: None),
-            "expected_next_fire": lambda: schedules.claim_and_reschedule(
-                conversation_id=conversation_id,
-                schedule_id=schedule_id,
-                expected_next_fire=instant,
-                computed_next_fire=None,
-                new_status="expired",
-                now=NOW,
-            ),
-            "scheduled_fire_at": lambda: fires.create_dispatching(
-                conversation_id=conversation_id, schedule_id=schedule_id, scheduled_fire_at=instant
-            ),
-            "fired_at": lambda: subscriptions.record_fire(
-                conversation_id, subscription.subscription_id, fired_at=instant
-            ),
-        }
-        for field, call in calls.items():
-            with pytest.raises(InvalidInputError) as refused:
-                await call()
-            assert refused.value.field == field.strip()
-            assert "UTC" in refused.value.rule
-        assert session.in_transaction()  # still usable: nothing reached the database
-        await session.rollback()
+        call = overflowing_calls(session, wake_secrets, conversation_id, schedule_id, instant)[method]
+        with capture_sql(session) as captured, pytest.raises(InvalidInputError) as refused:
+            await call()
+        assert (refused.value.field, "UTC" in refused.value.rule) == (FIELD_OF[method], True)
+        assert captured == []
     assert await stored_schedule(wake_engine, conversation_id) == before
     assert await fire_count(wake_engine, conversation_id) == 0
 

@@ -9,7 +9,7 @@ service's own ``async_sessionmaker`` has.
 """
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -19,9 +19,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from agent_wake import (
+    ConnectionLostError,
+    DuplicateError,
     FireSuccess,
     SecretBox,
     StatusConflictError,
+    TransactionAbortedError,
     WakeFire,
     WakeFireRepository,
     WakeSchedule,
@@ -34,6 +37,11 @@ from tests.clock import NOW
 
 HOUR = timedelta(hours=1)
 NO_ID = uuid.UUID(int=0)
+
+
+async def _none(secret: Awaitable[str]) -> None:
+    """rotate_secret returns the new secret; the held object is what this test checks."""
+    await secret
 
 
 @pytest.fixture(params=[False, True], ids=["expire_on_commit=False", "expire_on_commit=True"])
@@ -157,19 +165,13 @@ async def test_a_schedule_write_returns_the_held_object_as_stored(
     }
 
     written = await calls[write]()
+    seen = (held.task_prompt, held.name, held.status, held.next_fire_at, held.date_updated)
     await mine.commit()
 
     row = await stored(sessions, "agent_wake_schedules", "schedule_id", made)
     assert written is held
+    assert seen == (row["task_prompt"], row["name"], row["status"], row["next_fire_at"], row["date_updated"])
     assert row["task_prompt"] == "elsewhere"
-    await mine.refresh(held)  # after commit with expire_on_commit=True a read must load
-    assert (held.task_prompt, held.name, held.status, held.next_fire_at, held.date_updated) == (
-        row["task_prompt"],
-        row["name"],
-        row["status"],
-        row["next_fire_at"],
-        row["date_updated"],
-    )
 
 
 async def test_a_lost_claim_leaves_the_held_schedule_showing_the_winners_values(
@@ -302,15 +304,16 @@ async def test_a_subscription_write_returns_the_held_object_as_stored(
         "pause": lambda: repository.pause(*key),
         "resume": lambda: repository.resume(*key),
         "record_fire": lambda: repository.record_fire(*key, fired_at=NOW),
-        "rotate_secret": lambda: repository.rotate_secret(*key, "mine"),
+        "rotate_secret": lambda: _none(repository.rotate_secret(*key, "mine")),
     }
 
-    await calls[write]()
+    written = await calls[write]()
+    seen = (held.status, held.secret_ciphertext, held.last_fired_at, held.date_updated)
+    await mine.commit()
 
-    row = await stored(sessions, "webhook_subscriptions", "subscription_id", made)  # not yet committed: the old row
-    again = await repository.get(*key)
-    assert again is held
-    assert held.secret_ciphertext != row["secret_ciphertext"] or write != "rotate_secret"
+    row = await stored(sessions, "webhook_subscriptions", "subscription_id", made)
+    assert written is None or written is held
+    assert seen == (row["status"], row["secret_ciphertext"], row["last_fired_at"], row["date_updated"])
     assert await repository.reveal_secret(*key) == ("mine" if write == "rotate_secret" else "changed elsewhere")
 
 
@@ -386,3 +389,73 @@ async def test_repr_of_an_expired_or_detached_object_does_no_io(
         assert repr(row) == key
     assert repr(row) == key  # detached and expired: still no load
     assert key.startswith(f"{model.__name__}(conversation_id=UUID(")
+
+
+async def test_deleting_a_schedule_forgets_its_expired_held_objects_too(
+    sessions: async_sessionmaker[AsyncSession], mine: AsyncSession, wake_secrets: SecretBox
+) -> None:
+    fire = await committed_fire(sessions, wake_secrets)
+    schedule = await WakeScheduleRepository(mine).get(fire.conversation_id, fire.schedule_id)
+    held_fire = await WakeFireRepository(mine).get(fire.conversation_id, fire.fire_id)
+    mine.expire_all()  # what commit() does with expire_on_commit=True, and rollback() always
+
+    await WakeScheduleRepository(mine).delete(fire.conversation_id, fire.schedule_id)
+
+    assert schedule not in mine
+    assert held_fire not in mine
+
+
+async def test_a_lost_connection_on_a_write_leaves_the_row_and_a_usable_session_after_rollback(
+    sessions: async_sessionmaker[AsyncSession], mine: AsyncSession, wake_secrets: SecretBox
+) -> None:
+    made = await committed_schedule(sessions, wake_secrets)
+    held = await WakeScheduleRepository(mine).get(made.conversation_id, made.schedule_id)
+    assert held is not None
+    backend = (await mine.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+    async with sessions() as killer:
+        await killer.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+
+    with pytest.raises(ConnectionLostError):
+        await WakeScheduleRepository(mine).pause(made.conversation_id, made.schedule_id)
+    await mine.rollback()
+
+    again = await WakeScheduleRepository(mine).get(made.conversation_id, made.schedule_id)
+    assert again is held
+    assert held.status == "active"
+    assert (await stored(sessions, "agent_wake_schedules", "schedule_id", made))["status"] == "active"
+
+
+async def test_after_a_refused_insert_the_next_call_says_roll_back_and_then_works(
+    sessions: async_sessionmaker[AsyncSession], mine: AsyncSession, wake_secrets: SecretBox
+) -> None:
+    made = await committed_schedule(sessions, wake_secrets)
+    with pytest.raises(DuplicateError):
+        await WakeFactory(mine, wake_secrets).schedule(
+            conversation_id=made.conversation_id, schedule_id=made.schedule_id
+        )
+
+    with pytest.raises(TransactionAbortedError):
+        await WakeScheduleRepository(mine).get(made.conversation_id, made.schedule_id)
+    await mine.rollback()
+
+    assert await WakeScheduleRepository(mine).get(made.conversation_id, made.schedule_id) is not None
+
+
+async def test_after_a_refused_statement_the_next_call_says_roll_back(
+    sessions: async_sessionmaker[AsyncSession], mine: AsyncSession, wake_secrets: SecretBox
+) -> None:
+    fire = await committed_fire(sessions, wake_secrets)
+    fires = WakeFireRepository(mine)
+    await fires.create_dispatching(
+        conversation_id=fire.conversation_id, schedule_id=fire.schedule_id, scheduled_fire_at=NOW
+    )
+    with pytest.raises(DuplicateError):  # one fire per period
+        await fires.create_dispatching(
+            conversation_id=fire.conversation_id, schedule_id=fire.schedule_id, scheduled_fire_at=NOW
+        )
+
+    with pytest.raises(TransactionAbortedError) as aborted:
+        await fires.get(fire.conversation_id, fire.fire_id)
+    assert aborted.value.sqlstate == "25P02"
+    await mine.rollback()
+    assert await fires.get(fire.conversation_id, fire.fire_id) is not None

@@ -224,6 +224,30 @@ def test_every_prebuilt_statement_is_pinned() -> None:
     assert sorted(PREBUILT) == sorted(PINNED)
 
 
+RETURNING_MODELS = sorted(
+    name for name, statement in PREBUILT.items() if statement._propagate_attrs.get("compile_state_plugin") == "orm"
+)
+
+
+def test_only_counts_deletes_and_single_column_reads_return_no_models() -> None:
+    # Everything else returns rows of a model, and must load them as stored (next test).
+    assert sorted(set(PREBUILT) - set(RETURNING_MODELS)) == [
+        "fires.count_in_window",
+        "fires.delete",
+        "schedules.claim_fires",  # returns (schedule_id, fire_id) only: claims are plain records
+        "schedules.count_active_for_conversation",
+        "schedules.delete",
+        "schedules.source_exists",
+        "subscriptions.delete",
+        "subscriptions.secret_ciphertext",
+    ]
+
+
+@pytest.mark.parametrize("name", RETURNING_MODELS)
+def test_a_statement_that_loads_models_overwrites_held_objects(name: str) -> None:
+    assert PREBUILT[name].get_execution_options().get("populate_existing") is True
+
+
 @pytest.mark.parametrize("name", sorted(PINNED))
 def test_prebuilt_statement_renders_its_pinned_sql(wake_session: AsyncSession, name: str) -> None:
     assert pinned_part(rendered(wake_session, PREBUILT[name])) == PINNED[name]

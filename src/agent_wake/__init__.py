@@ -31,6 +31,7 @@ from agent_wake.errors import (
     SecretDecryptionError,
     SerializationError,
     StatusConflictError,
+    TransactionAbortedError,
 )
 from agent_wake.fire_repository import FireFailure, FireSuccess, WakeFireRepository
 from agent_wake.migration_config import STANDIN_VERSIONS, WAKE_VERSIONS, alembic_config
@@ -81,6 +82,7 @@ __all__ = [
     "SerializationError",
     "StatusConflictError",
     "SubscriptionStatus",
+    "TransactionAbortedError",
     "WakeFire",
     "WakeFireRepository",
     "WakeSchedule",

@@ -16,7 +16,19 @@ from agent_wake.errors import InvalidInputError
 _Choice = TypeVar("_Choice", bound=str)
 
 MAX_LIST_LIMIT: Final = 10_000
+# How much of a caller's value a message may repeat.
+ECHO_CHARS: Final = 40
 _SLUG = re.compile(r"^[a-z0-9_]{1,64}$")
+
+
+def clipped(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def shown(value: str) -> str:
+    """The repr of a caller's ``value``, cut to about 40 characters for a message."""
+    # Slicing first keeps repr() from copying a value of millions of characters.
+    return clipped(repr(value[: ECHO_CHARS + 1]), ECHO_CHARS)
 
 
 def require_uuid(field: str, value: object) -> uuid.UUID:

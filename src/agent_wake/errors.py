@@ -10,6 +10,9 @@ A caller branches on three families, never on a message:
   (serialization failure, deadlock, timeout, lost connection); roll back and
   run it again.
 
+:class:`TransactionAbortedError` says an earlier statement of the same
+transaction failed (PostgreSQL refuses everything after it): roll back first.
+
 Repositories validate before any SQL runs; what still reaches the database
 and fails there is turned into these errors by
 :func:`translate_database_errors`, classified by SQLSTATE and the driver's
@@ -19,9 +22,9 @@ cannot leak through one.
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from typing import Final
 
-from sqlalchemy import Table
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.sql.schema import ColumnCollectionConstraint
 
@@ -40,6 +43,7 @@ __all__ = [
     "SecretDecryptionError",
     "SerializationError",
     "StatusConflictError",
+    "TransactionAbortedError",
     "translate_database_errors",
 ]
 
@@ -133,6 +137,15 @@ class ConnectionLostError(RetryableError):
     """The connection to the database broke or could not be made."""
 
 
+class TransactionAbortedError(AgentWakeError):
+    """An earlier statement of this transaction failed, so PostgreSQL refuses the rest of it:
+    roll back (or to a savepoint), then run what is still needed again."""
+
+    def __init__(self, *, sqlstate: str | None) -> None:
+        super().__init__("an earlier statement of this transaction failed; roll back before going on")
+        self.sqlstate = sqlstate
+
+
 class DatabaseError(AgentWakeError):
     """Any other database failure; ``sqlstate`` says which (the driver error is the cause)."""
 
@@ -167,24 +180,27 @@ _CONSTRAINT_EXPLANATIONS: Final = {
 }
 _SERIALIZATION: Final = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
 _TIMEOUTS: Final = frozenset({"57014", "55P03"})  # query_canceled (statement_timeout), lock_not_available
-# connection_exception (08xxx), and the server shutting the session down.
+# The server shutting the session down; connection_exception (08xxx) is matched by its class.
 _CONNECTION_LOST: Final = frozenset({"57P01", "57P02", "57P03"})
-
-# table name -> constraint name -> the columns it constrains; filled by the
-# models module, which knows every constraint (see ``register_constraint_columns``).
-_constraint_columns: dict[str, dict[str, tuple[str, ...]]] = {}
+_IN_FAILED_TRANSACTION: Final = "25P02"
 
 
-def register_constraint_columns(table: Table) -> None:
-    """Remember which columns each named constraint of ``table`` covers.
+@cache
+def _constraint_columns() -> dict[tuple[str, str], tuple[str, ...]]:
+    """(table, constraint) -> the columns it covers, for every named constraint of the wake tables.
 
     A CHECK constraint written as text names its columns in ``info["columns"]``.
     """
-    columns = _constraint_columns.setdefault(table.name, {})
-    for constraint in table.constraints:
-        if isinstance(constraint.name, str) and isinstance(constraint, ColumnCollectionConstraint):
-            covered = constraint.info.get("columns") or tuple(column.name for column in constraint.columns)
-            columns[constraint.name] = tuple(covered)
+    from agent_wake.models import WAKE_TABLES  # the models import nothing of this module's users
+
+    return {
+        (table.name, constraint.name): tuple(
+            constraint.info.get("columns") or (column.name for column in constraint.columns)
+        )
+        for table in WAKE_TABLES
+        for constraint in table.constraints
+        if isinstance(constraint.name, str) and isinstance(constraint, ColumnCollectionConstraint)
+    }
 
 
 def _constraint_error(exc: sa_exc.DBAPIError, sqlstate: str) -> AgentWakeError:
@@ -194,7 +210,7 @@ def _constraint_error(exc: sa_exc.DBAPIError, sqlstate: str) -> AgentWakeError:
     if sqlstate == _UNIQUE_VIOLATION:
         return DuplicateError(table=table, constraint=constraint, sqlstate=sqlstate)
     column = getattr(driver_error, "column_name", None)
-    columns = (column,) if column else _constraint_columns.get(table, {}).get(constraint, ("unknown column",))
+    columns = (column,) if column else _constraint_columns().get((table, constraint), ("unknown column",))
     if sqlstate == "23502":
         constraint = f"{table}.{columns[0]} NOT NULL"
     return ConstraintViolationError(
@@ -210,6 +226,8 @@ def _translated(exc: sa_exc.DBAPIError) -> AgentWakeError:
     sqlstate = getattr(exc.driver_exception, "sqlstate", None) or getattr(exc.orig, "sqlstate", None)
     if (isinstance(sqlstate, str) and sqlstate in _CONSTRAINT_EXPLANATIONS) or sqlstate == _UNIQUE_VIOLATION:
         return _constraint_error(exc, sqlstate)
+    if sqlstate == _IN_FAILED_TRANSACTION:
+        return TransactionAbortedError(sqlstate=sqlstate)
     if sqlstate in _SERIALIZATION:
         return SerializationError(
             "a concurrent transaction changed the same rows; roll back and retry", sqlstate=sqlstate
@@ -244,6 +262,8 @@ def translate_database_errors() -> Iterator[None]:
         raise
     except sa_exc.DBAPIError as exc:
         raise _translated(exc) from exc
+    except sa_exc.PendingRollbackError as exc:  # the session saw an earlier failure of this transaction
+        raise TransactionAbortedError(sqlstate=None) from exc
     except sa_exc.TimeoutError as exc:  # the pool had no connection in time
         raise DatabaseTimeoutError(str(exc), sqlstate=None) from exc
     except OSError as exc:  # a connection that could not be opened at all

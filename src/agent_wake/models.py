@@ -28,7 +28,6 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from agent_wake import enums
-from agent_wake.errors import register_constraint_columns
 
 __all__ = [
     "PARTITION_COLUMN",
@@ -295,5 +294,3 @@ Index(
 WAKE_TABLES: Final[tuple[Table, ...]] = tuple(
     cast(Table, model.__table__) for model in (WakeSchedule, WakeFire, WebhookSubscription)
 )
-for _table in WAKE_TABLES:
-    register_constraint_columns(_table)

@@ -37,7 +37,7 @@ from zoneinfo import available_timezones
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from agent_wake._validation import require_utf8
+from agent_wake._validation import ECHO_CHARS, clipped, require_utf8, shown
 from agent_wake.errors import InvalidInputError
 
 __all__ = [
@@ -58,20 +58,9 @@ __all__ = [
 MAX_CONFIG_DEPTH: Final = 32
 MAX_CONFIG_BYTES: Final = 64 * 1024
 _TOO_LARGE: Final = f"must be at most {MAX_CONFIG_BYTES} bytes as compact UTF-8 JSON"
-_ECHO_CHARS: Final = 40
 # An application's model may put the whole value in its message, and a path
 # into a config 32 levels deep is long: both are cut to this many characters.
 _MAX_RULE_CHARS: Final = 200
-
-
-def _clipped(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _shown(value: str) -> str:
-    """The repr of a caller's ``value``, cut to about 40 characters for a message."""
-    # Slicing first keeps repr() from copying a value of millions of characters.
-    return _clipped(repr(value[: _ECHO_CHARS + 1]), _ECHO_CHARS)
 
 
 @cache
@@ -83,7 +72,7 @@ def _zone_keys() -> frozenset[str]:
 def _time_zone(name: str) -> str:
     # Only real zone keys: ZoneInfo itself would also take paths such as "../etc".
     if name not in _zone_keys():
-        raise ValueError(f"unknown time zone {_shown(name)}")
+        raise ValueError(f"unknown time zone {shown(name)}")
     return name
 
 
@@ -124,7 +113,7 @@ def _cron_value(token: str, lowest: int, highest: int, names: tuple[str, ...], f
     value = _cron_number(token, highest)
     if value is None or value < lowest:
         spelled = f" or a name ({names[0]}-{names[-1]})" if names else ""
-        raise ValueError(f"{field}: {_shown(token)} must be a number from {lowest} to {highest}{spelled}")
+        raise ValueError(f"{field}: {shown(token)} must be a number from {lowest} to {highest}{spelled}")
     return value
 
 
@@ -137,13 +126,13 @@ def _cron_expression(expr: str) -> str:
             span, slash, step = item.partition("/")
             # A step past the field's largest value is a mistake: it never reaches a second value.
             if slash and _cron_number(step, highest) in (None, 0):
-                raise ValueError(f"{field}: step {_shown(step)} must be a whole number from 1 to {highest}")
+                raise ValueError(f"{field}: step {shown(step)} must be a whole number from 1 to {highest}")
             if span == "*":
                 continue
             start, dash, end = span.partition("-")
             first = _cron_value(start, lowest, highest, names, field)
             if dash and _cron_value(end, lowest, highest, names, field) < first:
-                raise ValueError(f"{field}: range {_shown(span)} runs backwards")
+                raise ValueError(f"{field}: range {shown(span)} runs backwards")
     return " ".join(parts)
 
 
@@ -266,7 +255,7 @@ def register_schedule_type(schedule_type: str, model: type[BaseModel]) -> None:
     if not (isinstance(model, type) and issubclass(model, BaseModel)):
         raise InvalidInputError("model", "must be a pydantic BaseModel subclass")
     if schedule_type in _registry:
-        raise InvalidInputError("schedule_type", f"{_shown(schedule_type)} is already registered")
+        raise InvalidInputError("schedule_type", f"{shown(schedule_type)} is already registered")
     _registry[schedule_type] = model
 
 
@@ -285,7 +274,7 @@ def validate_schedule_config(schedule_type: str, config: Any) -> dict[str, Any]:
     if model is None:
         raise InvalidInputError(
             "schedule_type",
-            f"unknown type {_shown(schedule_type)}; known: {', '.join(sorted(_registry))} "
+            f"unknown type {shown(schedule_type)}; known: {', '.join(sorted(_registry))} "
             "(register others with register_schedule_type)",
         )
     if not isinstance(config, dict):
@@ -339,15 +328,15 @@ def _validated(model: type[BaseModel], schedule_type: str, config: dict[str, Any
     except ValidationError as exc:
         error = exc.errors()[0]
     location = ".".join(_location_part(part) for part in error["loc"])
-    field = _clipped(f"schedule_config.{location}" if location else "schedule_config", _MAX_RULE_CHARS)
-    rule = _clipped(error["msg"], _MAX_RULE_CHARS)
-    return InvalidInputError(field, f"{rule} (schedule_type {_shown(schedule_type)})")
+    field = clipped(f"schedule_config.{location}" if location else "schedule_config", _MAX_RULE_CHARS)
+    rule = clipped(error["msg"], _MAX_RULE_CHARS)
+    return InvalidInputError(field, f"{rule} (schedule_type {shown(schedule_type)})")
 
 
 def _location_part(part: int | str) -> str:
     # A key the model does not know is the caller's own text.
-    if isinstance(part, str) and (len(part) > _ECHO_CHARS or not part.isprintable()):
-        return _shown(part)
+    if isinstance(part, str) and (len(part) > ECHO_CHARS or not part.isprintable()):
+        return shown(part)
     return str(part)
 
 

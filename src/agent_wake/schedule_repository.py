@@ -193,7 +193,8 @@ class WakeScheduleRepository(PartitionedRepository[WakeSchedule]):
         allowed = ScheduleChanges.__optional_keys__
         for field in changes:
             if field not in allowed:
-                raise InvalidInputError(field, "cannot be changed with update()" + _UPDATE_HINTS.get(field, ""))
+                rule = "cannot be changed with update()" + _UPDATE_HINTS.get(field, "")
+                raise InvalidInputError(check.clipped(field, check.ECHO_CHARS), rule)
         values: dict[str, Any] = {
             field: _FIELD_RULES[field](field, value) for field, value in changes.items() if field in _FIELD_RULES
         }
