@@ -128,7 +128,7 @@ def compare(against: str, path: str, operations: int, alternations: int) -> None
     from agent_wake import resolve_database_url
     from agent_wake.testing import ScratchDatabase
 
-    database = ScratchDatabase(resolve_database_url(), prefix="agent_wake_ab")
+    database = ScratchDatabase(resolve_database_url(allow_embedded=True), prefix="agent_wake_ab")
     url = asyncio.run(database.create())
     with tempfile.TemporaryDirectory(prefix="agent-wake-ab-") as folder:
         worktree = Path(folder) / "old"

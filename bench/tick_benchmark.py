@@ -743,7 +743,7 @@ async def benchmark(url: str, scale: float, rounds: int) -> dict[str, Any]:
 
 
 async def run_in_scratch_database(scale: float, rounds: int) -> dict[str, Any]:
-    async with ScratchDatabase(resolve_database_url(), prefix="agent_wake_tick") as url:
+    async with ScratchDatabase(resolve_database_url(allow_embedded=True), prefix="agent_wake_tick") as url:
         return await benchmark(url, scale, rounds)
 
 

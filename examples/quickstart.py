@@ -1,9 +1,10 @@
 """A service's view of agent-wake: create a schedule, claim its fire, record it.
 
-Run after `alembic upgrade head`, with the same database resolution
-(AGENT_WAKE_DATABASE_URL, else the embedded PostgreSQL):
+Run after `alembic upgrade head`, on the same database. Like a deployed
+service, it needs AGENT_WAKE_DATABASE_URL, or AGENT_WAKE_EMBEDDED=1 to use
+the checkout's embedded PostgreSQL:
 
-    python examples/quickstart.py
+    AGENT_WAKE_EMBEDDED=1 python examples/quickstart.py
 """
 
 import asyncio

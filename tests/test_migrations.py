@@ -1,17 +1,20 @@
 """The Alembic branches, run the way people run them: the `alembic` command
-from a checkout, against a fresh database."""
+from a checkout, against a fresh database; and our environment on a
+connection a caller hands it, as tests and migration-testing tools do."""
 
+import asyncio
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from alembic import command
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from agent_wake import AgentWakeError, InvalidInputError, alembic_config
 from tests.conftest import ScratchDatabases
-from tests.host_project import write_host_project
 
 REPO = Path(__file__).resolve().parent.parent
 WAKE_TABLES = {"agent_wake_schedules", "wake_fires", "webhook_subscriptions"}
@@ -23,6 +26,15 @@ def alembic(*args: str, url: str, cwd: Path = REPO) -> subprocess.CompletedProce
     result = subprocess.run([sys.executable, "-m", "alembic", *args], cwd=cwd, env=env, capture_output=True, text=True)
     assert result.returncode == 0, f"alembic {' '.join(args)} failed:\n{result.stderr}"
     return result
+
+
+def alembic_refused(*args: str, url: str, cwd: Path = REPO) -> str:
+    """Run `alembic`, expect it to fail, and return what it printed (Alembic's
+    own refusals go to stdout, tracebacks to stderr)."""
+    env = {**os.environ, "AGENT_WAKE_DATABASE_URL": url}
+    result = subprocess.run([sys.executable, "-m", "alembic", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode != 0, f"alembic {' '.join(args)} was expected to fail:\n{result.stdout}"
+    return result.stdout + result.stderr
 
 
 async def tables(url: str, schema: str = "public") -> set[str]:
@@ -73,6 +85,15 @@ async def test_downgrade_to_upstream_removes_only_the_wake_tables(
     alembic("downgrade", "agent_wake_upstream", url=url)
     assert await tables(url) == UPSTREAM_TABLES
     assert await versions(url) == {"agent_wake_upstream"}
+
+
+@pytest.mark.parametrize("schema_option", [[], ["-x", "schema=agent_one"]], ids=["public", "schema"])
+async def test_alembic_check_after_upgrade_head_finds_no_difference(
+    scratch_databases: ScratchDatabases, schema_option: list[str]
+) -> None:
+    url = await scratch_databases.create()
+    alembic(*schema_option, "upgrade", "head", url=url)
+    assert "No new upgrade operations detected" in alembic(*schema_option, "check", url=url).stdout
 
 
 async def test_every_wake_step_downgrades_and_upgrades_again(scratch_databases: ScratchDatabases) -> None:
@@ -128,25 +149,205 @@ async def test_schema_option_migrates_into_its_own_schema(scratch_databases: Scr
 
 
 def test_schema_option_refuses_a_name_that_is_not_an_identifier() -> None:
-    env = {**os.environ, "AGENT_WAKE_DATABASE_URL": "postgresql://nobody@invalid.invalid/none"}
-    result = subprocess.run(
-        [sys.executable, "-m", "alembic", "-x", 'schema=x"; DROP TABLE y; --', "upgrade", "head"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
+    result = alembic_refused(
+        "-x", 'schema=x"; DROP TABLE y; --', "upgrade", "head", url="postgresql://nobody@invalid.invalid/none"
     )
-    assert result.returncode != 0
-    assert "schema: must be a lower-case identifier" in result.stderr
+    assert "schema: must be a lower-case identifier" in result
 
 
-async def test_host_application_plugs_in_only_the_agent_wake_branch(
-    scratch_databases: ScratchDatabases, tmp_path: Path
-) -> None:
+# Our environment on a connection the caller hands it in
+# config.attributes["connection"].
+
+
+def upgrade_with(given: object, revision: str = "head", schema: str | None = None) -> None:
+    config = alembic_config(schema=schema)
+    config.attributes["connection"] = given
+    command.upgrade(config, revision)
+
+
+async def has_version_table(url: str) -> bool:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as connection:
+            found = await connection.execute(text("SELECT to_regclass('public.alembic_version') IS NOT NULL"))
+            return bool(found.scalar_one())
+    finally:
+        await engine.dispose()
+
+
+async def upgrade_with_each_kind(engine: AsyncEngine, kind: str) -> None:
+    """The command called where each kind can be used: a sync Connection or
+    Engine of the asyncpg dialect, and an AsyncConnection, inside
+    AsyncConnection.run_sync; an AsyncEngine from a thread with no event loop."""
+    if kind == "AsyncEngine":
+        await asyncio.to_thread(upgrade_with, engine)
+        return
+    async with engine.connect() as connection:
+        given = {"Engine": engine.sync_engine, "AsyncConnection": connection}
+        await connection.run_sync(lambda sync_connection: upgrade_with(given.get(kind, sync_connection)))
+
+
+@pytest.mark.parametrize("kind", ["Connection", "Engine", "AsyncConnection", "AsyncEngine"])
+async def test_a_given_connection_of_each_kind_is_migrated(scratch_databases: ScratchDatabases, kind: str) -> None:
     url = await scratch_databases.create()
-    write_host_project(tmp_path)
-    alembic("-x", f"url={url}", "upgrade", "heads", url=url, cwd=tmp_path)
+    engine = create_async_engine(url)
+    try:
+        await upgrade_with_each_kind(engine, kind)
+    finally:
+        await engine.dispose()
     assert await tables(url) == WAKE_TABLES | UPSTREAM_TABLES
     assert await versions(url) == {"agent_wake_0007"}
-    alembic("-x", f"url={url}", "downgrade", "agent_wake_upstream", url=url, cwd=tmp_path)
-    assert await tables(url) == UPSTREAM_TABLES
+
+
+async def test_a_given_connection_gets_its_search_path_and_default_schema_back_after_a_schema_run(
+    scratch_databases: ScratchDatabases,
+) -> None:
+    engine = create_async_engine(await scratch_databases.create())
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text("SET search_path TO public"))
+            await connection.commit()
+            await connection.run_sync(lambda sync_connection: upgrade_with(sync_connection, schema="agent_one"))
+            search_path = (await connection.execute(text("SHOW search_path"))).scalar_one()
+            default_schema = connection.dialect.default_schema_name
+    finally:
+        await engine.dispose()
+    assert (search_path, default_schema) == ("public", "public")
+
+
+async def test_a_given_connection_gets_its_search_path_back_after_a_failed_schema_run(
+    scratch_databases: ScratchDatabases,
+) -> None:
+    engine = create_async_engine(await scratch_databases.create())
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text("SET search_path TO public"))
+            await connection.commit()
+            with pytest.raises(Exception, match="no_such_revision"):
+                await connection.run_sync(
+                    lambda sync_connection: upgrade_with(sync_connection, "no_such_revision", schema="agent_one")
+                )
+            search_path = (await connection.execute(text("SHOW search_path"))).scalar_one()
+            default_schema = connection.dialect.default_schema_name
+    finally:
+        await engine.dispose()
+    assert (search_path, default_schema) == ("public", "public")
+
+
+@pytest.mark.parametrize("schema", [None, "agent_one"])
+async def test_a_given_connection_outside_a_transaction_is_left_outside_one(
+    scratch_databases: ScratchDatabases, schema: str | None
+) -> None:
+    engine = create_async_engine(await scratch_databases.create())
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(lambda sync_connection: upgrade_with(sync_connection, schema=schema))
+            assert not connection.in_transaction()
+    finally:
+        await engine.dispose()
+
+
+async def test_inside_a_callers_transaction_the_search_path_is_back_after_the_run_and_after_commit(
+    scratch_databases: ScratchDatabases,
+) -> None:
+    engine = create_async_engine(await scratch_databases.create())
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text("SET search_path TO public"))
+            await connection.commit()
+            await connection.begin()
+            await connection.run_sync(
+                lambda sync_connection: upgrade_with(sync_connection, "agent_wake_0006", schema="agent_one")
+            )
+            during = (await connection.execute(text("SHOW search_path"))).scalar_one()
+            await connection.commit()
+            after = (await connection.execute(text("SHOW search_path"))).scalar_one()
+    finally:
+        await engine.dispose()
+    assert (during, after) == ("public", "public")
+
+
+async def test_a_callers_open_transaction_is_not_committed_and_its_rollback_undoes_the_run(
+    scratch_databases: ScratchDatabases,
+) -> None:
+    url = await scratch_databases.create()
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as connection:
+            await connection.begin()
+            await connection.execute(text("CREATE TABLE callers_table (id integer)"))
+            # Step 7 builds its indexes CONCURRENTLY, which no transaction can hold.
+            await connection.run_sync(
+                lambda sync_connection: upgrade_with(sync_connection, "agent_wake_0006", schema="agent_one")
+            )
+            assert connection.in_transaction()
+            await connection.rollback()
+        async with engine.connect() as connection:
+            schema = await connection.execute(text("SELECT to_regnamespace('agent_one')"))
+            assert schema.scalar_one() is None
+    finally:
+        await engine.dispose()
+    assert await tables(url) == set()
+
+
+def test_a_connection_attribute_of_another_kind_is_refused() -> None:
+    with pytest.raises(InvalidInputError) as refused:
+        upgrade_with("postgresql://nobody@invalid.invalid/none")
+    assert refused.value.field == "connection"
+    assert "must be a Connection, Engine, AsyncConnection or AsyncEngine, got str" in str(refused.value)
+
+
+async def test_an_async_connection_outside_run_sync_is_refused_before_anything_is_written(
+    scratch_databases: ScratchDatabases,
+) -> None:
+    url = await scratch_databases.create()
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as connection:
+            with pytest.raises(InvalidInputError, match="inside its run_sync") as refused:
+                await asyncio.to_thread(upgrade_with, connection)
+            await connection.rollback()
+    finally:
+        await engine.dispose()
+    assert refused.value.field == "connection"
+    assert not await has_version_table(url)
+
+
+async def test_an_async_engine_is_refused_while_an_event_loop_runs_in_the_thread(
+    scratch_databases: ScratchDatabases,
+) -> None:
+    url = await scratch_databases.create()
+    engine = create_async_engine(url)
+    try:
+        with pytest.raises(InvalidInputError, match="from another thread") as refused:
+            upgrade_with(engine)
+    finally:
+        await engine.dispose()
+    assert refused.value.field == "connection"
+    assert not await has_version_table(url)
+
+
+async def test_a_callers_async_engine_keeps_working_in_its_own_loop_after_migrating_with_it(
+    scratch_databases: ScratchDatabases,
+) -> None:
+    engine = create_async_engine(await scratch_databases.create())
+    try:
+        async with engine.connect() as connection:  # leaves a connection of this loop in the pool
+            await connection.execute(text("SELECT 1"))
+        await asyncio.to_thread(upgrade_with, engine)
+        async with engine.connect() as connection:
+            count = await connection.execute(text("SELECT count(*) FROM agent_wake_schedules"))
+            assert count.scalar_one() == 0
+    finally:
+        await engine.dispose()
+
+
+def test_the_packaged_environment_never_starts_the_embedded_server(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("AGENT_WAKE_DATABASE_URL", raising=False)
+    monkeypatch.delenv("AGENT_WAKE_EMBEDDED", raising=False)
+    monkeypatch.setenv("AGENT_WAKE_EMBEDDED_DIR", str(tmp_path / "pgdata"))
+    with pytest.raises(AgentWakeError):
+        command.upgrade(alembic_config(), "head")
+    assert not (tmp_path / "pgdata").exists()

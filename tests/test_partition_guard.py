@@ -5,9 +5,11 @@ import asyncio
 import logging
 import uuid
 import warnings
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
-from sqlalchemy import create_engine, delete, func, select, text, update
+from sqlalchemy import Connection, create_engine, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 
@@ -15,6 +17,7 @@ from agent_wake import (
     AgentWakeError,
     InvalidInputError,
     PartitionScopeError,
+    PartitionSpan,
     WakeFire,
     WakeSchedule,
     install_partition_guard,
@@ -283,6 +286,98 @@ async def test_one_span_entered_by_concurrent_tasks_holds_in_each(connection: As
 
     await asyncio.gather(inside(), inside(), inside())
     await refused(connection, "SELECT count(*) FROM wake_fires")
+
+
+async def test_a_task_created_inside_a_span_does_not_inherit_it(connection: AsyncConnection) -> None:
+    with spans_partitions("report: count every fire"):
+        child = asyncio.create_task(refused(connection, "SELECT count(*) FROM wake_fires"))
+        await child
+
+
+async def test_a_task_created_inside_a_span_has_no_permission_after_the_block(connection: AsyncConnection) -> None:
+    started = asyncio.Event()
+
+    async def later() -> PartitionScopeError:
+        await started.wait()
+        return await refused(connection, "SELECT count(*) FROM wake_fires")
+
+    with spans_partitions("report: count every fire"):
+        child = asyncio.create_task(later())
+    started.set()
+    await child
+
+
+async def test_a_span_covers_what_a_generator_sends_but_not_its_caller_while_it_is_suspended(
+    connection: AsyncConnection,
+) -> None:
+    async def every_fire_count() -> AsyncIterator[int]:
+        with spans_partitions("report: count every fire, twice"):
+            yield (await connection.execute(text("SELECT count(*) FROM wake_fires"))).scalar_one()
+            yield (await connection.execute(text("SELECT count(*) FROM wake_fires"))).scalar_one()
+
+    counts = every_fire_count()
+    await anext(counts)
+    await refused(connection, "SELECT count(*) FROM wake_fires")
+    await anext(counts)
+    await counts.aclose()
+
+
+async def test_a_helper_that_yields_inside_a_span_does_not_lend_it_to_the_callers_block(
+    connection: AsyncConnection,
+) -> None:
+    @asynccontextmanager
+    async def maintenance() -> AsyncIterator[None]:
+        with spans_partitions("maintenance"):
+            yield
+
+    async with maintenance():
+        await refused(connection, "SELECT count(*) FROM wake_fires")
+
+
+async def test_a_helper_that_returns_a_span_lends_it_to_the_callers_block(connection: AsyncConnection) -> None:
+    def maintenance() -> PartitionSpan:
+        return spans_partitions("maintenance")
+
+    with maintenance():
+        await connection.execute(text("SELECT count(*) FROM wake_fires"))
+
+
+async def test_a_span_entered_in_a_sync_function_run_through_run_sync_covers_it(connection: AsyncConnection) -> None:
+    def count_every_fire(sync_connection: Connection) -> int:
+        with spans_partitions("report: count every fire"):
+            return int(sync_connection.execute(text("SELECT count(*) FROM wake_fires")).scalar_one())
+
+    assert await connection.run_sync(count_every_fire) >= 0
+
+
+async def test_nested_spans_leave_the_outer_one_open(connection: AsyncConnection) -> None:
+    with spans_partitions("outer"):
+        with spans_partitions("inner"):
+            pass
+        await connection.execute(text("SELECT count(*) FROM wake_fires"))
+    await refused(connection, "SELECT count(*) FROM wake_fires")
+
+
+def test_leaving_a_span_that_is_not_the_innermost_is_an_error() -> None:
+    outer, inner = spans_partitions("outer"), spans_partitions("inner")
+    outer.__enter__()
+    inner.__enter__()
+    with pytest.raises(RuntimeError, match="not the innermost span"):
+        outer.__exit__(None, None, None)
+    inner.__exit__(None, None, None)
+    outer.__exit__(None, None, None)
+
+
+async def test_leaving_a_span_from_another_task_than_the_one_that_entered_it_is_an_error() -> None:
+    span = spans_partitions("report")
+    span.__enter__()
+
+    async def leave() -> None:
+        span.__exit__(None, None, None)
+
+    with pytest.raises(RuntimeError, match="by the task that entered them"):
+        await asyncio.create_task(leave())
+    span.__exit__(None, None, None)
 
 
 @pytest.mark.parametrize("option", ["", "  ", None, 42])

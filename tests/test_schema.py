@@ -1,11 +1,17 @@
-"""The models, the migrated database and the reference schema agree."""
+"""The models, the migrated database and the reference schema agree; the
+wake metadata holds only the wake tables."""
+
+from typing import cast
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import Connection, Table, text
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.schema import CreateTable
 
-from agent_wake import Base
+from agent_wake import Base, StandinBase, WakeSchedule, WebhookSubscription
+from tests.conftest import ScratchDatabases
 
 # Written by hand from shared/schema.md, in the form pg_get_constraintdef and
 # pg_get_indexdef print; not derived from the package.
@@ -161,7 +167,56 @@ EXPECTED_COLUMNS = {
 
 def _differences(connection: Connection) -> list[object]:
     context = MigrationContext.configure(connection, opts={"compare_server_default": True})
-    return list(compare_metadata(context, Base.metadata))
+    return list(compare_metadata(context, [StandinBase.metadata, Base.metadata]))
+
+
+def _create_stand_ins_then_wake_tables(connection: Connection) -> None:
+    StandinBase.metadata.create_all(connection)
+    Base.metadata.create_all(connection)
+
+
+async def _constraints(connection: AsyncConnection) -> dict[str, dict[str, str]]:
+    rows = await connection.execute(
+        text(
+            "SELECT rel.relname, con.conname, pg_get_constraintdef(con.oid) "
+            "FROM pg_constraint con JOIN pg_class rel ON rel.oid = con.conrelid "
+            "JOIN pg_namespace ns ON ns.oid = rel.relnamespace "
+            "WHERE ns.nspname = 'public' AND rel.relname = ANY(:tables)"
+        ),
+        {"tables": list(EXPECTED_CONSTRAINTS)},
+    )
+    actual: dict[str, dict[str, str]] = {}
+    for table, name, definition in rows:
+        actual.setdefault(table, {})[name] = definition
+    return actual
+
+
+async def _indexes(connection: AsyncConnection) -> dict[str, str]:
+    rows = await connection.execute(
+        text("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' AND indexname LIKE 'idx\\_%'")
+    )
+    return {name: definition.split(f"{name} ", 1)[1] for name, definition in rows}
+
+
+def test_wake_metadata_holds_only_the_three_wake_tables() -> None:
+    # A host hands Base.metadata to Alembic beside its own metadata, which
+    # has its own conversations and agent_skills: Alembic refuses a table
+    # defined twice.
+    assert set(Base.metadata.tables) == {"agent_wake_schedules", "wake_fires", "webhook_subscriptions"}
+    assert set(StandinBase.metadata.tables) == {"conversations", "agent_skills"}
+
+
+def test_skill_foreign_keys_render_against_agent_skills_outside_the_wake_metadata() -> None:
+    schedules = str(CreateTable(cast(Table, WakeSchedule.__table__)).compile(dialect=postgresql.dialect()))
+    subscriptions = str(CreateTable(cast(Table, WebhookSubscription.__table__)).compile(dialect=postgresql.dialect()))
+    assert (
+        "CONSTRAINT agent_wake_schedules_skill_fk FOREIGN KEY(skill_id) "
+        "REFERENCES agent_skills (skill_id) ON DELETE SET NULL"
+    ) in schedules
+    assert (
+        "CONSTRAINT webhook_subscriptions_default_skill_fk FOREIGN KEY(default_skill_id) "
+        "REFERENCES agent_skills (skill_id) ON DELETE SET NULL"
+    ) in subscriptions
 
 
 async def test_models_and_migrated_database_have_no_autogenerate_difference(wake_engine: AsyncEngine) -> None:
@@ -170,29 +225,29 @@ async def test_models_and_migrated_database_have_no_autogenerate_difference(wake
     assert differences == []
 
 
+async def test_create_all_from_the_models_builds_the_reference_constraints_and_indexes(
+    scratch_databases: ScratchDatabases,
+) -> None:
+    engine = create_async_engine(await scratch_databases.create())
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(_create_stand_ins_then_wake_tables)
+        async with engine.connect() as connection:
+            assert await _constraints(connection) == EXPECTED_CONSTRAINTS
+            assert await _indexes(connection) == EXPECTED_INDEXES
+            assert await connection.run_sync(_differences) == []
+    finally:
+        await engine.dispose()
+
+
 async def test_constraints_match_the_reference_schema(wake_engine: AsyncEngine) -> None:
     async with wake_engine.connect() as connection:
-        rows = await connection.execute(
-            text(
-                "SELECT rel.relname, con.conname, pg_get_constraintdef(con.oid) "
-                "FROM pg_constraint con JOIN pg_class rel ON rel.oid = con.conrelid "
-                "JOIN pg_namespace ns ON ns.oid = rel.relnamespace "
-                "WHERE ns.nspname = 'public' AND rel.relname = ANY(:tables)"
-            ),
-            {"tables": list(EXPECTED_CONSTRAINTS)},
-        )
-        actual: dict[str, dict[str, str]] = {}
-        for table, name, definition in rows:
-            actual.setdefault(table, {})[name] = definition
-    assert actual == EXPECTED_CONSTRAINTS
+        assert await _constraints(connection) == EXPECTED_CONSTRAINTS
 
 
 async def test_indexes_match_the_reference_schema(wake_engine: AsyncEngine) -> None:
     async with wake_engine.connect() as connection:
-        rows = await connection.execute(
-            text("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' AND indexname LIKE 'idx\\_%'")
-        )
-        actual = {name: definition.split(f"{name} ", 1)[1] for name, definition in rows}
+        actual = await _indexes(connection)
         unique = await connection.execute(
             text("SELECT indexname FROM pg_indexes WHERE indexdef LIKE 'CREATE UNIQUE INDEX idx\\_%'")
         )

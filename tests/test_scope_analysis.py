@@ -6,14 +6,19 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Column, MetaData, PrimaryKeyConstraint, Table, Text, UniqueConstraint
+from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 
 from agent_wake import _scope_analysis, partition_guard
-from agent_wake._scope_analysis import ScopeRules, refusal
+from agent_wake._scope_analysis import Decision, ScopeRules, decide, reading_depends_on_settings, refusal
+from agent_wake._statements import PREBUILT
 from agent_wake.models import PARTITION_COLUMN, WAKE_TABLES
 from agent_wake.partition_guard import _RULES, GUARDED_TABLES, _scope_rules
 
 CONVERSATION = "00000000-0000-0000-0000-00000000000a"
 OTHER = "00000000-0000-0000-0000-00000000000b"
+AGENT_SCHEMA = "agent_0123456789abcdef0123456789abcdef"
+# A built-in that runs SQL given as text, to hide in every place an expression can sit.
+RUNS_SQL = "query_to_xml('SELECT * FROM wake_fires', true, false, '')"
 
 ALLOWED = [
     pytest.param("SELECT 1 FROM wake_fires WHERE conversation_id = $1", id="pinned_equal_to_a_bind"),
@@ -94,6 +99,41 @@ ALLOWED = [
         "SELECT 1 FROM agent_wake_schedules WHERE conversation_id = $1",
         id="every_statement_of_a_batch_pinned",
     ),
+    pytest.param(
+        "SELECT 1 FROM wake_fires WHERE conversation_id OPERATOR(pg_catalog.=) $1",
+        id="pinned_with_pg_catalogs_equals_written_out",
+    ),
+    pytest.param(
+        "SELECT 1 FROM public.wake_fires WHERE public.wake_fires.conversation_id = $1",
+        id="pinned_by_schema_table_and_column_on_an_entry_of_that_schema",
+    ),
+    pytest.param(
+        f"SELECT 1 FROM {AGENT_SCHEMA}.wake_fires WHERE wake_fires.conversation_id = $1",
+        id="pinned_by_table_name_on_an_entry_of_an_agent_schema",
+    ),
+    pytest.param(
+        "SELECT 1 FROM public.wake_fires, pg_temp.wake_fires "
+        "WHERE public.wake_fires.conversation_id = $1 AND pg_temp.wake_fires.conversation_id = $1",
+        id="two_entries_of_one_name_each_pinned_by_its_schema",
+    ),
+    pytest.param(
+        "SELECT 1 FROM wake_fires f JOIN agent_wake_schedules s USING (schedule_id) AS j "
+        "WHERE f.conversation_id = $1 AND s.conversation_id = $1",
+        id="a_join_using_alias_hides_no_table",
+    ),
+    pytest.param(
+        f"CREATE VIEW mine AS SELECT * FROM wake_fires WHERE conversation_id = '{CONVERSATION}'",
+        id="a_view_of_one_conversation",
+    ),
+    pytest.param(
+        "PREPARE p(uuid) AS SELECT 1 FROM wake_fires WHERE conversation_id = $1", id="prepare_of_a_pinned_query"
+    ),
+    pytest.param(
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$ SELECT 1 FROM conversations $$",
+        id="function_body_naming_no_wake_table",
+    ),
+    pytest.param("ANALYZE wake_fires", id="analyze_without_reading_the_statistics"),
+    pytest.param("SELECT 1 FROM conversations WHERE name = 'dblink'", id="function_names_inside_string_constants"),
     pytest.param("SELECT count(*) FROM conversations", id="other_tables_are_not_checked"),
     pytest.param("TRUNCATE conversations", id="truncate_of_other_tables"),
     pytest.param("COMMENT ON TABLE wake_fires IS 'one row per fire'", id="ddl_is_not_checked"),
@@ -163,8 +203,8 @@ REFUSED = [
     pytest.param(
         "SELECT 1 FROM agent_wake_schedules s JOIN wake_fires f ON f.schedule_id = s.schedule_id "
         "WHERE conversation_id = $1",
-        "wake_fires",
-        "does not pin f.conversation_id",
+        "agent_wake_schedules",
+        "does not pin s.conversation_id",
         id="unqualified_pin_beside_two_tables",
     ),
     pytest.param(
@@ -288,7 +328,7 @@ REFUSED = [
     pytest.param(
         "MERGE INTO wake_fires w USING (SELECT 1) s ON true WHEN MATCHED THEN DELETE",
         "wake_fires",
-        "MERGE spans every conversation",
+        "MERGE cannot be checked",
         id="merge",
     ),
     pytest.param(
@@ -332,21 +372,204 @@ REFUSED = [
     pytest.param(
         "SELECT query_to_xml('SELECT 1 FROM wake_fires', true, false, '')",
         "(any)",
-        "query_to_xml() runs SQL the guard cannot see",
+        "query_to_xml() runs SQL or returns rows the guard cannot see",
         id="query_to_xml",
     ),
     pytest.param(
         "SELECT table_to_xml(c.oid::regclass, true, false, '') FROM pg_class c WHERE relname = 'wake' || '_fires'",
         "(any)",
-        "table_to_xml() runs SQL the guard cannot see",
+        "table_to_xml() runs SQL or returns rows the guard cannot see",
         id="table_to_xml_of_a_name_built_at_run_time",
     ),
     pytest.param(
         "SELECT * FROM dblink('dbname=postgres', 'SELECT 1') AS t(x int)",
         "(any)",
-        "dblink() runs SQL the guard cannot see",
+        "dblink() runs SQL or returns rows the guard cannot see",
         id="dblink_in_from",
     ),
+    pytest.param("EXECUTE p", "(any)", "EXECUTE runs a statement prepared earlier", id="execute"),
+    pytest.param(
+        f"EXECUTE p({RUNS_SQL})", "(any)", "EXECUTE runs a statement prepared earlier", id="execute_with_parameters"
+    ),
+    pytest.param(
+        "EXPLAIN ANALYZE EXECUTE p", "(any)", "EXECUTE runs a statement prepared earlier", id="execute_inside_explain"
+    ),
+    pytest.param(
+        "CREATE TABLE copied AS EXECUTE p",
+        "(any)",
+        "EXECUTE runs a statement prepared earlier",
+        id="execute_inside_create_table_as",
+    ),
+    pytest.param("FETCH ALL FROM c", "(any)", "FETCH and MOVE read a cursor", id="fetch"),
+    pytest.param("MOVE LAST IN c", "(any)", "FETCH and MOVE read a cursor", id="move"),
+    pytest.param(
+        "CREATE VIEW every_fire AS SELECT * FROM wake_fires", "wake_fires", "does not pin", id="view_not_pinned"
+    ),
+    pytest.param(
+        "CREATE MATERIALIZED VIEW every_fire AS SELECT * FROM wake_fires",
+        "wake_fires",
+        "does not pin",
+        id="materialized_view_not_pinned",
+    ),
+    pytest.param(
+        "CREATE RULE r AS ON INSERT TO conversations DO ALSO DELETE FROM wake_fires",
+        "wake_fires",
+        "does not pin",
+        id="rule_action_not_pinned",
+    ),
+    pytest.param(
+        "CREATE FUNCTION f() RETURNS bigint LANGUAGE sql BEGIN ATOMIC SELECT count(*) FROM wake_fires; END",
+        "wake_fires",
+        "does not pin",
+        id="function_begin_atomic_body_not_pinned",
+    ),
+    pytest.param(
+        "CREATE FUNCTION f(uuid) RETURNS bigint LANGUAGE sql "
+        "AS 'SELECT count(*) FROM wake_fires WHERE conversation_id = $1'",
+        "wake_fires",
+        "a function body given as text cannot be checked",
+        id="function_body_as_text_naming_a_wake_table",
+    ),
+    pytest.param(
+        "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$BEGIN PERFORM ts_stat('x'); END$$",
+        "(any)",
+        "it calls ts_stat",
+        id="function_body_as_text_calling_a_function_that_runs_sql",
+    ),
+    pytest.param(
+        "SELECT 1 FROM public.wake_fires, pg_temp.wake_fires WHERE pg_temp.wake_fires.conversation_id = $1",
+        "wake_fires",
+        "does not pin wake_fires.conversation_id",
+        id="pin_by_schema_bound_to_another_entry_of_that_name",
+    ),
+    pytest.param(
+        "DELETE FROM public.wake_fires USING pg_temp.wake_fires WHERE pg_temp.wake_fires.conversation_id = $1",
+        "wake_fires",
+        "does not pin wake_fires.conversation_id",
+        id="delete_using_pinned_only_on_another_entry_of_that_name",
+    ),
+    pytest.param(
+        "SELECT 1 FROM wake_fires WHERE public.wake_fires.conversation_id = $1",
+        "wake_fires",
+        "does not pin",
+        id="pin_by_schema_on_an_entry_without_schema",
+    ),
+    pytest.param(
+        "SELECT 1 FROM public.wake_fires, pg_temp.wake_fires WHERE wake_fires.conversation_id = $1",
+        "wake_fires",
+        "does not pin",
+        id="pin_by_table_name_on_two_entries_of_that_name",
+    ),
+    pytest.param(
+        "SELECT 1 FROM public.wake_fires WHERE db.public.wake_fires.conversation_id = $1",
+        "wake_fires",
+        "does not pin",
+        id="pin_by_database_schema_table_and_column",
+    ),
+    pytest.param(
+        "SELECT 1 FROM wake_fires f WHERE wake_fires.conversation_id = $1",
+        "wake_fires",
+        "does not pin f.conversation_id",
+        id="pin_by_table_name_on_an_aliased_entry",
+    ),
+    pytest.param(
+        "SELECT 1 FROM (wake_fires JOIN agent_wake_schedules USING (schedule_id)) AS j WHERE j.conversation_id = $1",
+        "wake_fires",
+        "a join with an alias hides",
+        id="table_hidden_by_an_aliased_join",
+    ),
+    pytest.param(
+        "SELECT 1 FROM wake_fires WHERE conversation_id OPERATOR(hostile.=) $1",
+        "wake_fires",
+        "does not pin",
+        id="pin_with_an_equals_of_another_schema",
+    ),
+    pytest.param(
+        "SELECT 1 FROM wake_fires WHERE conversation_id OPERATOR(hostile.=) ANY($1)",
+        "wake_fires",
+        "does not pin",
+        id="pin_with_an_equals_any_of_another_schema",
+    ),
+    pytest.param(
+        "SELECT * FROM ts_stat('SELECT to_tsvector(output_text) FROM wake_fires')",
+        "(any)",
+        "ts_stat() runs SQL",
+        id="ts_stat",
+    ),
+    pytest.param(
+        'SELECT * FROM "pg_catalog"."ts_stat"(\'SELECT 1\')',
+        "(any)",
+        "ts_stat() runs SQL",
+        id="ts_stat_quoted_and_qualified",
+    ),
+    pytest.param(
+        "SELECT ts_rewrite('a'::tsquery, 'SELECT t, s FROM aliases')", "(any)", "ts_rewrite() runs SQL", id="ts_rewrite"
+    ),
+    pytest.param(
+        "SELECT (('SELECT 1')::text).ts_stat",
+        "(any)",
+        "ts_stat (a function called as a field)",
+        id="ts_stat_as_a_field",
+    ),
+    pytest.param(
+        "SELECT s.q.ts_stat FROM (SELECT 'SELECT 1'::text AS q) s",
+        "(any)",
+        "ts_stat (a function called as a field)",
+        id="ts_stat_as_a_field_of_a_column",
+    ),
+    pytest.param(
+        "CREATE OPERATOR ## (FUNCTION = pg_catalog.ts_stat, RIGHTARG = text)",
+        "(any)",
+        "ts_stat (named in DDL)",
+        id="operator_over_a_function_that_runs_sql",
+    ),
+    pytest.param(
+        "CREATE AGGREGATE rewrite_all (text) (SFUNC = ts_rewrite, STYPE = tsquery)",
+        "(any)",
+        "ts_rewrite (named in DDL)",
+        id="aggregate_over_a_function_that_runs_sql",
+    ),
+    pytest.param(
+        "SELECT cursor_to_xml('c', 10, true, false, '')", "(any)", "cursor_to_xml() runs SQL", id="cursor_to_xml"
+    ),
+    pytest.param(
+        "SELECT * FROM pg_logical_slot_peek_changes('slot', NULL, NULL)",
+        "(any)",
+        "pg_logical_slot_peek_changes() runs SQL or returns rows",
+        id="logical_decoding",
+    ),
+    pytest.param("SELECT dblink_open('c', 'SELECT 1')", "(any)", "dblink_open() runs SQL", id="dblink_open_by_prefix"),
+    pytest.param(
+        "SELECT dblink_build_sql_insert('wake_fires', '1', 1, '{x}', '{y}')",
+        "(any)",
+        "dblink_build_sql_insert() runs SQL",
+        id="dblink_reading_a_row",
+    ),
+    pytest.param(
+        "SELECT * FROM crosstab('SELECT 1, 2, 3') AS t(a int, b int)", "(any)", "crosstab() runs SQL", id="crosstab"
+    ),
+    pytest.param(
+        "SELECT * FROM connectby('wake_fires', 'fire_id', 'schedule_id', 'x', 0) AS t(a uuid, b uuid, c int)",
+        "(any)",
+        "connectby() runs SQL",
+        id="connectby",
+    ),
+    pytest.param(
+        "SELECT * FROM xpath_table('id', 'doc', 'wake_fires', '/a', 'true') AS t(id int, a text)",
+        "(any)",
+        "xpath_table() runs SQL",
+        id="xpath_table",
+    ),
+    pytest.param(
+        "SELECT most_common_vals FROM pg_stats WHERE tablename = 'wake_fires'",
+        "(any)",
+        "pg_stats holds sample values",
+        id="pg_stats",
+    ),
+    pytest.param(
+        "SELECT * FROM pg_catalog.pg_statistic", "(any)", "pg_statistic holds sample values", id="pg_statistic"
+    ),
+    pytest.param("SELECT * FROM pg_stats_ext", "(any)", "pg_stats_ext holds sample values", id="pg_stats_ext"),
     pytest.param(
         "SELEC 1 FROM wake_fires",
         "(unknown)",
@@ -381,6 +604,92 @@ def test_refused_statement_names_its_table_and_problem(sql: str, table: str, pro
     assert found is not None, "allowed"
     assert found.table == table
     assert problem in found.problem
+
+
+# Every place an expression can sit, with a built-in that runs SQL in it: the
+# walk goes through every node, whatever the statement.
+EXPRESSION_PLACES = {
+    "select_list": f"SELECT {RUNS_SQL}",
+    "function_argument": f"SELECT length({RUNS_SQL}::text)",
+    "call_argument": f"CALL p({RUNS_SQL})",
+    "values": f"VALUES ({RUNS_SQL})",
+    "cte": f"WITH x AS (SELECT {RUNS_SQL}) SELECT 1 FROM x",
+    "lateral_subquery": f"SELECT 1 FROM conversations c JOIN LATERAL (SELECT {RUNS_SQL}) x ON true",
+    "join_condition": f"SELECT 1 FROM conversations a JOIN conversations b ON {RUNS_SQL} IS NOT NULL",
+    "where": f"SELECT 1 FROM conversations WHERE {RUNS_SQL} IS NOT NULL",
+    "group_by": f"SELECT 1 FROM conversations GROUP BY {RUNS_SQL}::text",
+    "having": f"SELECT 1 FROM conversations HAVING {RUNS_SQL} IS NOT NULL",
+    "order_by": f"SELECT 1 ORDER BY {RUNS_SQL}::text",
+    "limit": f"SELECT 1 LIMIT length({RUNS_SQL}::text)",
+    "offset": f"SELECT 1 OFFSET length({RUNS_SQL}::text)",
+    "window": f"SELECT count(*) OVER (PARTITION BY {RUNS_SQL}::text) FROM conversations",
+    "aggregate_filter": f"SELECT count(*) FILTER (WHERE {RUNS_SQL} IS NOT NULL) FROM conversations",
+    "insert_values": f"INSERT INTO conversations (name) VALUES ({RUNS_SQL}::text)",
+    "returning": f"DELETE FROM conversations RETURNING {RUNS_SQL}",
+    "update_set": f"UPDATE conversations SET name = {RUNS_SQL}::text",
+    "on_conflict": (
+        f"INSERT INTO conversations (name) VALUES ('x') ON CONFLICT (name) DO UPDATE SET name = 'y' "
+        f"WHERE {RUNS_SQL} IS NOT NULL"
+    ),
+    "declare_cursor": f"DECLARE c CURSOR FOR SELECT {RUNS_SQL}",
+    "copy_query": f"COPY (SELECT {RUNS_SQL}) TO STDOUT",
+    "explain": f"EXPLAIN ANALYZE SELECT {RUNS_SQL}",
+    "prepare": f"PREPARE p AS SELECT {RUNS_SQL}",
+    "create_table_as": f"CREATE TABLE copied AS SELECT {RUNS_SQL}",
+    "select_into": f"SELECT {RUNS_SQL} INTO copied",
+    "view": f"CREATE VIEW v AS SELECT {RUNS_SQL}",
+    "materialized_view": f"CREATE MATERIALIZED VIEW v AS SELECT {RUNS_SQL}",
+    "rule_action": f"CREATE RULE r AS ON INSERT TO conversations DO ALSO SELECT {RUNS_SQL}",
+    "function_begin_atomic": f"CREATE FUNCTION f() RETURNS xml LANGUAGE sql BEGIN ATOMIC SELECT {RUNS_SQL}; END",
+    "column_default": f"ALTER TABLE conversations ALTER COLUMN name SET DEFAULT {RUNS_SQL}::text",
+    "policy": f"CREATE POLICY p ON conversations USING ({RUNS_SQL} IS NOT NULL)",
+    "trigger_condition": (
+        "CREATE TRIGGER t BEFORE INSERT ON conversations FOR EACH ROW "
+        f"WHEN ({RUNS_SQL} IS NOT NULL) EXECUTE FUNCTION f()"
+    ),
+}
+
+
+@pytest.mark.parametrize("sql", EXPRESSION_PLACES.values(), ids=EXPRESSION_PLACES.keys())
+def test_a_function_that_runs_sql_is_refused_wherever_it_sits(sql: str) -> None:
+    found = refusal(sql, _RULES)
+    assert found is not None, "allowed"
+    assert "query_to_xml() runs SQL" in found.problem
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT 1 FROM wake_fires WHERE conversation_id = $1",
+        "UPDATE wake_fires SET status = $2::VARCHAR WHERE wake_fires.conversation_id = $1::UUID",
+    ],
+)
+def test_text_of_ascii_without_backslashes_reads_alike_under_any_settings(sql: str) -> None:
+    assert not reading_depends_on_settings(sql)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT 1 FROM wake_fires WHERE conversation_id = $1 AND status <> '\\'",
+        "SELECT 1 FROM wake_fires WHERE conversation_id = $1 AND status <> E'\\''",
+        'SELECT 1 FROM U&"wake\\005ffires" WHERE conversation_id = $1',
+        "SELECT 1 FROM wake_fires WHERE conversation_id = $1 AND status <> 'ё'",
+        "SELECT 1 FROM wake_fires WHERE conversation_id = $1 -- é",
+    ],
+    ids=["backslash", "escape_string", "unicode_escape", "cyrillic_constant", "accent_in_a_comment"],
+)
+def test_text_with_a_backslash_or_beyond_ascii_may_read_otherwise_under_other_settings(sql: str) -> None:
+    assert reading_depends_on_settings(sql)
+
+
+@pytest.mark.parametrize("name", sorted(PREBUILT))
+def test_every_prebuilt_statement_passes_or_carries_a_span_and_reads_alike_under_any_settings(name: str) -> None:
+    statement = PREBUILT[name]
+    sql = str(statement.compile(dialect=asyncpg_dialect()))
+    spans = statement.get_execution_options().get("agent_wake_spans_partitions")
+    assert spans or refusal(sql, _RULES) is None, sql
+    assert not reading_depends_on_settings(sql), sql
 
 
 def test_the_guarded_tables_are_the_wake_tables_of_the_models() -> None:
@@ -439,7 +748,12 @@ def test_the_analysis_and_the_guard_write_no_wake_table_name() -> None:
 
 def test_a_repeated_statement_is_decided_from_the_cache() -> None:
     sql = "SELECT 1 FROM wake_fires WHERE conversation_id = $1 AND status = 'cache probe'"
-    refusal(sql, _RULES)
-    hits = refusal.cache_info().hits
-    refusal(sql, _RULES)
-    assert refusal.cache_info().hits == hits + 1
+    decide(sql, _RULES)
+    hits = decide.cache_info().hits
+    decide(sql, _RULES)
+    assert decide.cache_info().hits == hits + 1
+
+
+def test_the_decision_holds_the_refusal_and_whether_the_reading_depends_on_settings() -> None:
+    sql = "SELECT 1 FROM wake_fires WHERE status = 'é'"
+    assert decide(sql, _RULES) == Decision(refusal(sql, _RULES), reading_depends_on_settings=True)

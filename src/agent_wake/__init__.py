@@ -35,11 +35,12 @@ from agent_wake.errors import (
 )
 from agent_wake.fire_repository import FireFailure, FireSuccess, WakeFireRepository
 from agent_wake.migration_config import STANDIN_VERSIONS, WAKE_VERSIONS, alembic_config
-from agent_wake.models import AgentSkill, Base, Conversation, WakeFire, WakeSchedule, WebhookSubscription
+from agent_wake.models import Base, WakeFire, WakeSchedule, WebhookSubscription
 from agent_wake.partition_guard import GuardMode, PartitionSpan, install_partition_guard, spans_partitions
 from agent_wake.schedule_configs import register_schedule_type, validate_schedule_config
 from agent_wake.schedule_repository import ClaimedFire, NextFire, ScheduleChanges, WakeScheduleRepository
 from agent_wake.secret_box import SecretBox
+from agent_wake.standins import AgentSkill, Conversation, StandinBase
 from agent_wake.webhook_repository import WebhookSubscriptionRepository
 
 __all__ = [
@@ -80,6 +81,7 @@ __all__ = [
     "SecretBox",
     "SecretDecryptionError",
     "SerializationError",
+    "StandinBase",
     "StatusConflictError",
     "SubscriptionStatus",
     "TransactionAbortedError",

@@ -1,21 +1,20 @@
 """Where the database is, decided in one place.
 
-The URL comes from the caller, else from ``AGENT_WAKE_DATABASE_URL``, else an
-embedded PostgreSQL is started (the ``pgserver`` package ships the server
-binaries in its wheel) with its data in ``AGENT_WAKE_EMBEDDED_DIR``
-(default ``./.agent-wake/pgdata``). The embedded server runs as long as the
-process that started it and is stopped when the last such process exits;
-its data stays in the folder for the next start.
+:func:`resolve_database_url` picks the URL: the caller's, else
+``AGENT_WAKE_DATABASE_URL``, else the embedded PostgreSQL (see
+:mod:`agent_wake.embedded_server`), but only where a person asked for it:
+``allow_embedded=True``, which a checkout's Alembic ``env.py`` and the
+benchmarks pass, or ``AGENT_WAKE_EMBEDDED=1``. A deployed service started
+without a URL fails at once instead of keeping its data in a throwaway
+server in its working directory.
 """
 
-import logging
 import os
 import re
-import warnings
-from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -23,72 +22,87 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from agent_wake.errors import AgentWakeError, InvalidInputError
+from agent_wake._validation import shown
+from agent_wake.embedded_server import start_embedded_server
+from agent_wake.errors import InvalidInputError
 from agent_wake.partition_guard import GuardMode, install_partition_guard
 
 __all__ = [
     "DATABASE_URL_VARIABLE",
-    "EMBEDDED_DIR_VARIABLE",
+    "EMBEDDED_VARIABLE",
     "create_engine_and_session_factory",
     "resolve_database_url",
-    "start_embedded_server",
     "validate_schema_name",
 ]
 
-DATABASE_URL_VARIABLE = "AGENT_WAKE_DATABASE_URL"
-EMBEDDED_DIR_VARIABLE = "AGENT_WAKE_EMBEDDED_DIR"
-_DEFAULT_EMBEDDED_DIR = Path(".agent-wake") / "pgdata"
+DATABASE_URL_VARIABLE: Final = "AGENT_WAKE_DATABASE_URL"
+EMBEDDED_VARIABLE: Final = "AGENT_WAKE_EMBEDDED"
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-
-_logger = logging.getLogger(__name__)
-
-# pgserver stops the server when the handle's process exits; keeping the
-# handle here keeps one server per process however often a URL is resolved.
-_embedded_servers: dict[Path, Any] = {}
+# "postgres://" is what several hosting platforms put in their database URL
+# variables; SQLAlchemy knows only "postgresql".
+_POSTGRESQL_BACKENDS: Final = frozenset({"postgresql", "postgres"})
 
 
-def start_embedded_server(data_dir: Path | None = None) -> str:
-    """Start (or reuse) the embedded PostgreSQL and return its asyncpg URL.
+def resolve_database_url(url: str | None = None, *, allow_embedded: bool = False) -> str:
+    """Return the URL of the database to use, with asyncpg as its driver.
 
-    The server listens only on a Unix socket. Costs a second or two on the
-    first call of a process (``initdb`` on the first call ever); later calls
-    return at once.
+    In this order: ``url``; else the ``AGENT_WAKE_DATABASE_URL`` environment
+    variable; else the embedded PostgreSQL, started (or reused) by
+    :func:`~agent_wake.embedded_server.start_embedded_server`, but only when
+    ``allow_embedded`` is true or ``AGENT_WAKE_EMBEDDED`` is ``1``. An empty
+    ``url`` or variable counts as not given. A given URL wins over the
+    variable and the embedded server whatever they say.
+
+    Accepts any PostgreSQL URL (``postgresql://``, ``postgres://``,
+    ``postgresql+psycopg://``, ...) and returns it with the driver set to
+    asyncpg; user, password, host, port, database and query are kept.
+
+    Refuses with ``InvalidInputError``, whose ``field`` names where the bad
+    value came from (``url``, ``AGENT_WAKE_DATABASE_URL`` or
+    ``AGENT_WAKE_EMBEDDED``):
+
+    - no URL when the embedded server is not allowed (``field`` is
+      ``AGENT_WAKE_DATABASE_URL``; the message says how to opt in);
+    - a string that is not a URL, or the URL of another database;
+    - ``AGENT_WAKE_EMBEDDED`` set to anything but ``1`` or ``0``, when it is
+      consulted (no URL given).
+
+    No message repeats more of a URL than its scheme, so a password cannot
+    reach a log. Costs no connection; the embedded server, when used, costs
+    its start (see there).
     """
-    folder = data_dir or Path(os.environ.get(EMBEDDED_DIR_VARIABLE, _DEFAULT_EMBEDDED_DIR))
-    folder = folder.resolve()
-    server = _embedded_servers.get(folder)
-    if server is None:
-        try:
-            with warnings.catch_warnings():
-                # pgserver resolves a runtime folder at import and warns when
-                # XDG_RUNTIME_DIR is unset, which is normal outside a desktop.
-                warnings.simplefilter("ignore")
-                from pgserver.postgres_server import get_server
-        except ImportError as exc:
-            raise AgentWakeError(
-                f"no database URL given ({DATABASE_URL_VARIABLE} is unset) and the embedded "
-                "PostgreSQL is not installed: pip install 'agent-wake[embedded]', or set "
-                f"{DATABASE_URL_VARIABLE}"
-            ) from exc
-        folder.mkdir(parents=True, exist_ok=True)
-        _logger.info("starting the embedded PostgreSQL with its data in %s", folder)
-        server = get_server(folder, cleanup_mode="stop")
-        _embedded_servers[folder] = server
-    return _as_asyncpg_url(str(server.get_uri()))
+    if url:
+        return _as_asyncpg_url(url, "url")
+    configured = os.environ.get(DATABASE_URL_VARIABLE)
+    if configured:
+        return _as_asyncpg_url(configured, DATABASE_URL_VARIABLE)
+    if allow_embedded or _embedded_allowed_by_environment():
+        return start_embedded_server()
+    raise InvalidInputError(
+        DATABASE_URL_VARIABLE,
+        "must be set to the database's URL, such as postgresql://app@db:5432/app (or pass url=...). "
+        f"The embedded PostgreSQL starts only when asked for, in development: set {EMBEDDED_VARIABLE}=1 "
+        "or pass allow_embedded=True",
+    )
 
 
-def resolve_database_url(url: str | None = None) -> str:
-    """Return the asyncpg URL to use: ``url``, else the environment, else the embedded server."""
-    chosen = url or os.environ.get(DATABASE_URL_VARIABLE)
-    if chosen:
-        return _as_asyncpg_url(chosen)
-    return start_embedded_server()
+def _embedded_allowed_by_environment() -> bool:
+    value = os.environ.get(EMBEDDED_VARIABLE, "")
+    if value not in ("", "0", "1"):
+        raise InvalidInputError(EMBEDDED_VARIABLE, "must be 1 (allow the embedded PostgreSQL) or 0 (do not)")
+    return value == "1"
 
 
-def _as_asyncpg_url(url: str) -> str:
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "postgresql":
-        raise InvalidInputError("url", f"must be a PostgreSQL URL, got backend {parsed.drivername!r}")
+def _as_asyncpg_url(url: str, field: str) -> str:
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        # Not chained: the parser's message may repeat part of the URL.
+        raise InvalidInputError(field, "must be a URL such as postgresql://user@host:5432/dbname") from None
+    if parsed.get_backend_name() not in _POSTGRESQL_BACKENDS:
+        raise InvalidInputError(
+            field, f"must be a PostgreSQL URL (postgresql://...), got the scheme {shown(parsed.drivername)}"
+        )
     return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
 
 
@@ -107,9 +121,12 @@ def create_engine_and_session_factory(
     *,
     schema: str | None = None,
     partition_guard: GuardMode = "raise",
+    allow_embedded: bool = False,
     **engine_options: Any,
 ) -> tuple[AsyncEngine, async_sessionmaker[AsyncSession]]:
-    """Build an ``AsyncEngine`` and a session factory for the resolved database.
+    """Build an ``AsyncEngine`` and a session factory for the database
+    :func:`resolve_database_url` picks from ``url`` and ``allow_embedded``
+    (and refuses as it does: a service with no URL configured fails here).
 
     ``schema`` makes that PostgreSQL schema every connection's whole
     ``search_path`` (one copy of the tables per agent schema; nothing
@@ -124,6 +141,8 @@ def create_engine_and_session_factory(
         server_settings = dict(connect_args.get("server_settings", {}))
         server_settings["search_path"] = validate_schema_name(schema)
         connect_args["server_settings"] = server_settings
-    engine = create_async_engine(resolve_database_url(url), connect_args=connect_args, **engine_options)
+    engine = create_async_engine(
+        resolve_database_url(url, allow_embedded=allow_embedded), connect_args=connect_args, **engine_options
+    )
     install_partition_guard(engine, mode=partition_guard)
     return engine, async_sessionmaker(engine, expire_on_commit=False)

@@ -1,5 +1,9 @@
-"""Declarative models of the three wake tables and the two stand-in upstream
-tables, with every constraint and index of the reference schema by name.
+"""Declarative models of the three wake tables, with every constraint and
+index of the reference schema by name.
+
+``Base.metadata`` holds these three tables and nothing else, so a host
+application can hand it to Alembic beside its own metadata. The stand-in
+upstream tables are in :mod:`agent_wake.standins`.
 
 ``conversation_id`` leads every wake table's primary key: the tables are
 partitioned by it. There is no foreign key on it, because the
@@ -28,13 +32,12 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from agent_wake import enums
+from agent_wake.standins import AgentSkill
 
 __all__ = [
     "PARTITION_COLUMN",
     "WAKE_TABLES",
-    "AgentSkill",
     "Base",
-    "Conversation",
     "WakeFire",
     "WakeSchedule",
     "WebhookSubscription",
@@ -57,8 +60,14 @@ def _updated_column() -> Mapped[datetime]:
     return mapped_column(DateTime(timezone=True), server_default=func.now(), onupdate=func.now())
 
 
+# The stand-in's column object, not the string "agent_skills.skill_id": a
+# string is resolved in Base.metadata, which holds no agent_skills. Either
+# renders REFERENCES agent_skills (skill_id), in a host the host's table.
+_SKILL_ID: Final = cast(Table, AgentSkill.__table__).c.skill_id
+
+
 class Base(DeclarativeBase):
-    """Declarative base of every agent-wake model."""
+    """Declarative base of the three wake tables; ``Base.metadata`` holds only them."""
 
     type_annotation_map = {
         uuid.UUID: UUID(as_uuid=True),
@@ -79,38 +88,6 @@ class Base(DeclarativeBase):
         return f"{type(self).__name__}({key})"
 
 
-class Conversation(Base):
-    """Stand-in for the host application's ``conversations`` table."""
-
-    __tablename__ = "conversations"
-    __table_args__ = (PrimaryKeyConstraint("agent_id", "conversation_id", name="conversations_pkey"),)
-    __mapper_args__ = {"eager_defaults": True}
-
-    agent_id: Mapped[uuid.UUID]
-    conversation_id: Mapped[uuid.UUID]
-    user_id: Mapped[uuid.UUID]
-    date_created: Mapped[datetime] = _now_column()
-
-
-class AgentSkill(Base):
-    """Stand-in for the host application's ``agent_skills`` table."""
-
-    __tablename__ = "agent_skills"
-    __table_args__ = (
-        PrimaryKeyConstraint("agent_id", "skill_id", name="agent_skills_pkey"),
-        UniqueConstraint("skill_id", name="agent_skills_skill_id_key"),
-    )
-    __mapper_args__ = {"eager_defaults": True}
-
-    agent_id: Mapped[uuid.UUID]
-    skill_id: Mapped[uuid.UUID]
-    user_id: Mapped[uuid.UUID]
-    name: Mapped[str]
-    enabled: Mapped[bool] = mapped_column(server_default=text("true"))
-    date_created: Mapped[datetime] = _now_column()
-    date_updated: Mapped[datetime] = _updated_column()
-
-
 class WakeSchedule(Base):
     """One wake schedule of a conversation (``agent_wake_schedules``)."""
 
@@ -120,7 +97,7 @@ class WakeSchedule(Base):
         UniqueConstraint("schedule_id", name="agent_wake_schedules_schedule_id_key"),
         ForeignKeyConstraint(
             ["skill_id"],
-            ["agent_skills.skill_id"],
+            [_SKILL_ID],
             name="agent_wake_schedules_skill_fk",
             ondelete="SET NULL",
         ),
@@ -181,7 +158,7 @@ class WebhookSubscription(Base):
         UniqueConstraint("subscription_id", name="webhook_subscriptions_subscription_id_key"),
         ForeignKeyConstraint(
             ["default_skill_id"],
-            ["agent_skills.skill_id"],
+            [_SKILL_ID],
             name="webhook_subscriptions_default_skill_fk",
             ondelete="SET NULL",
         ),

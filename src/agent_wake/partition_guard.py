@@ -2,25 +2,48 @@
 tables that is not confined to given conversations.
 
 The repositories already scope every query; the guard is the second
-defence, for code that does not go through them. It hooks an engine's
-``before_cursor_execute`` event, so it sees the SQL actually sent (ORM
-queries, flushes, bulk UPDATE/DELETE, Core and ``text()`` alike), and hands
-it to :mod:`agent_wake._scope_analysis`, whose docstring states the rules:
-in short, every reference to a wake table must pin ``conversation_id`` to
+defence, against a programming mistake in code that does not go through
+them (it is no defence against SQL written by someone hostile: see the
+README's threat model). It hooks an engine's ``before_cursor_execute``
+event, so it sees the SQL actually sent (ORM queries, flushes, bulk
+UPDATE/DELETE, Core and ``text()`` alike), and hands it to
+:mod:`agent_wake._scope_analysis`, whose docstring states the rules: in
+short, every reference to a wake table must pin ``conversation_id`` to
 given values in its WHERE clause, and what cannot be checked is refused.
 The wake tables, the partition column and the constraints that contain it
 are read once from :mod:`agent_wake.models`.
 
+The analysis reads the text as the server does while the connection's
+``standard_conforming_strings`` is ``on`` and its ``client_encoding`` is
+``UTF8``. A statement whose reading could depend on them (a backslash or a
+character outside ASCII in its text) is refused while the connection
+reports anything else, inside a span too: the server would read it
+otherwise, and would reuse that reading for the same text later. The
+values are the ones PostgreSQL reports to the driver whenever they change,
+so no way of changing them (SET, SET LOCAL, RESET, ``set_config()``,
+``ALTER ROLE/DATABASE ... SET``, connection options) gets past.
+
 Cross-partition work runs inside :func:`spans_partitions`, with a reason
-that is logged at DEBUG with the statement. Decisions are cached by
-statement text, so a repeated statement costs a dictionary lookup.
+that is logged at DEBUG with the statement. A span covers the statements
+the code inside its ``with`` block sends, in the task (or, outside
+asyncio, the thread) that entered it, and nothing else: not a task created
+inside the block, which gets a copy of the context but not the span, and
+not the caller of a generator suspended at a ``yield`` inside the block.
+Spans nest; leaving one that is not the innermost open span of the task is
+an error. Decisions are cached by statement text, so a repeated statement
+costs a dictionary lookup.
 """
 
+import asyncio
+import inspect
 import logging
+import sys
+import threading
 import warnings
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any, Final, Literal
 from weakref import WeakKeyDictionary
 
@@ -44,14 +67,31 @@ __all__ = [
 _SPAN_OPTION: Final = "agent_wake_spans_partitions"
 _GUARD_MODES: Final = ("raise", "warn", "off")
 _READABLE_PARAMSTYLE: Final = "numeric_dollar"
+# The settings under which the server reads SQL text as pglast does.
+_STANDARD_READING: Final = {"standard_conforming_strings": "on", "client_encoding": "UTF8"}
+_GENERATOR_CODE: Final = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
 
 GuardMode = Literal["raise", "warn", "off"]
 
 _logger = logging.getLogger(__name__)
-# The reasons of the spans entered in this context, innermost last. A stack
-# in the context (not tokens on the span) lets one span object be entered
-# by several tasks at once.
-_open_spans: ContextVar[tuple[str, ...]] = ContextVar("agent_wake_partition_spans", default=())
+
+
+@dataclass(frozen=True, eq=False)
+class _OpenSpan:
+    """One entry into a span: by whom, and from which frame."""
+
+    span: "PartitionSpan"
+    owner: object  # the asyncio task, else the thread
+    # The frame of the with statement when it is a generator's: the span
+    # holds only while that frame runs, not while it is suspended at a yield.
+    generator_frame: FrameType | None
+
+
+# The spans entered in this context, innermost last. A stack in the context
+# (not tokens on the span) lets one span object be entered by several tasks
+# at once; a task created inside a span copies the stack, and the owner of
+# each entry tells that the copy is not its own.
+_open_spans: ContextVar[tuple[_OpenSpan, ...]] = ContextVar("agent_wake_partition_spans", default=())
 _installed: "WeakKeyDictionary[Engine, _Guard]" = WeakKeyDictionary()
 
 
@@ -80,18 +120,22 @@ GUARDED_TABLES: Final = _RULES.tables
 
 def _refusal(statement: str) -> _scope_analysis.Refusal | None:
     """The guard's decision on ``statement``, under the rules of the models."""
-    return _scope_analysis.refusal(statement, _RULES)
+    return _scope_analysis.decide(statement, _RULES).refusal
 
 
 class PartitionSpan(Mapping[str, str]):
     """A named permission to run cross-partition statements.
 
-    Use it as a context manager (every statement inside is allowed) or as
+    Use it as a context manager (every statement the block sends from the
+    task that entered it is allowed; see the module docstring) or as
     execution options (that statement only)::
 
         with spans_partitions("tick: scan due schedules"):
             ...
         select(WakeSchedule).execution_options(**spans_partitions("tick: scan"))
+
+    Leaving it when it is not the innermost span that the current task (or
+    thread) entered raises ``RuntimeError``: spans nest.
     """
 
     def __init__(self, reason: str) -> None:
@@ -111,19 +155,73 @@ class PartitionSpan(Mapping[str, str]):
         return 1
 
     def __enter__(self) -> "PartitionSpan":
-        _open_spans.set((*_open_spans.get(), self.reason))
+        frame = sys._getframe(1)
+        generator_frame = frame if frame.f_code.co_flags & _GENERATOR_CODE else None
+        _open_spans.set((*_open_spans.get(), _OpenSpan(self, _current_owner(), generator_frame)))
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        _open_spans.set(_open_spans.get()[:-1])
+        entries = _open_spans.get()
+        if not entries or entries[-1].span is not self or entries[-1].owner is not _current_owner():
+            raise RuntimeError(
+                f"{self!r} is not the innermost span this task entered: spans must be left in the "
+                "reverse order they were entered, by the task that entered them"
+            )
+        _open_spans.set(entries[:-1])
 
     def __repr__(self) -> str:
         return f"spans_partitions({self.reason!r})"
 
 
 def spans_partitions(reason: str) -> PartitionSpan:
-    """Allow cross-partition statements, for ``reason`` (required, logged at DEBUG)."""
+    """Allow cross-partition statements, for ``reason`` (required, logged at DEBUG).
+
+    As a context manager, the span covers what the code inside the ``with``
+    block sends from the task that entered it; see the module docstring for
+    what it does not cover. To hand a span to a helper, return it rather
+    than yield inside it.
+    """
     return PartitionSpan(reason)
+
+
+def _current_owner() -> object:
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no event loop runs in this thread
+        task = None
+    return task if task is not None else threading.current_thread()
+
+
+def _open_span_reason() -> str | None:
+    """The reason of the innermost span that covers the code running now, or None."""
+    entries = _open_spans.get()
+    if not entries:
+        return None
+    owner = _current_owner()
+    for entry in reversed(entries):
+        # A suspended frame has no caller: the code running now is not inside its with block.
+        suspended = entry.generator_frame is not None and entry.generator_frame.f_back is None
+        if entry.owner is owner and not suspended:
+            return entry.span.reason
+    return None
+
+
+def _settings_refusal(connection: Any) -> _scope_analysis.Refusal | None:
+    """The refusal of a statement whose reading depends on the settings, when
+    the server last reported, on ``connection`` (a SQLAlchemy ``Connection``
+    on asyncpg), a setting under which it reads SQL text otherwise than
+    pglast; else None. Costs no round trip: asyncpg keeps what the server reports."""
+    settings = connection.connection.driver_connection.get_settings()
+    for name, expected in _STANDARD_READING.items():
+        value = getattr(settings, name, None)
+        if value != expected:
+            return _scope_analysis.Refusal(
+                "(any)",
+                f"the connection's {name} is {value!r}, not {expected!r}: the server would read this text "
+                "(it holds a backslash or a character outside ASCII) otherwise than the guard; "
+                "restore the setting first",
+            )
+    return None
 
 
 @dataclass
@@ -141,16 +239,22 @@ class _Guard:
     ) -> None:
         if self.mode == "off":
             return
-        open_spans = _open_spans.get()
-        reason = open_spans[-1] if open_spans else None
-        if reason is None and context is not None:
-            option = context.execution_options.get(_SPAN_OPTION)
-            # Only a real reason opens a span: an empty option is no permission.
-            reason = option if isinstance(option, str) and option.strip() else None
-        if reason is not None:
-            _logger.debug("cross-partition statement (%s): %s", reason, statement)
-            return
-        refusal = _refusal(statement)
+        decision = _scope_analysis.decide(statement, _RULES)
+        refusal = None
+        # Most statements (the repositories' all) read alike under any
+        # settings, and skip asking the driver (~2 us).
+        if decision.reading_depends_on_settings:
+            refusal = _settings_refusal(conn)
+        if refusal is None:
+            reason = _open_span_reason()
+            if reason is None and context is not None:
+                option = context.execution_options.get(_SPAN_OPTION)
+                # Only a real reason opens a span: an empty option is no permission.
+                reason = option if isinstance(option, str) and option.strip() else None
+            if reason is not None:
+                _logger.debug("cross-partition statement (%s): %s", reason, statement)
+                return
+            refusal = decision.refusal
         if refusal is None:
             return
         error = PartitionScopeError(refusal.table, refusal.problem, statement)

@@ -260,13 +260,32 @@ def register_schedule_type(schedule_type: str, model: type[BaseModel]) -> None:
 
 
 def validate_schedule_config(schedule_type: str, config: Any) -> dict[str, Any]:
-    """Return ``config`` checked against its type's model, as the JSON to store.
+    """Return ``config`` checked against the model of ``schedule_type``, as the JSON to store.
 
-    Refuses an unknown type, a config that is not a dict, one nested deeper
-    than :data:`MAX_CONFIG_DEPTH`, one larger than :data:`MAX_CONFIG_BYTES`
-    as JSON, one its model refuses, and one that cannot be stored as
-    ``jsonb``. Costs one walk of the config, its model's validation and one
-    ``json.dumps``.
+    Accepts the seven built-in types (``daily_at``, ``every_n_hours``,
+    ``random_within_window``, ``one_shot_at``, ``cron``, ``relative_delay``,
+    ``interval``; their models are in this module) and any type registered
+    with :func:`register_schedule_type`, and a ``dict`` whose values already
+    have their types (``"14"`` is not an hour). The repositories call it on
+    every ``create`` and on an ``update`` of ``schedule_config``; call it
+    yourself to check a config at your API's edge, before any transaction.
+
+    Returns a new dict: the model's JSON form, with its defaults filled in
+    (``{"hour": 14}`` for ``daily_at`` gives ``{"hour": 14, "minute": 0,
+    "tz": "UTC"}``) and values in their stored form (a cron expression's
+    fields joined by single spaces). ``config`` itself is not changed.
+
+    Refuses with ``InvalidInputError``, whose ``field`` is
+    ``schedule_type``, ``schedule_config`` or ``schedule_config.<key>`` and
+    whose ``rule`` says what is wrong: a ``schedule_type`` that is not a
+    string or not known (the rule lists the known ones); a ``config`` that
+    is not a dict, nests deeper than :data:`MAX_CONFIG_DEPTH`, is larger
+    than :data:`MAX_CONFIG_BYTES` as JSON, has a key or value its model
+    refuses (unknown keys are refused), or cannot be stored as ``jsonb``.
+    A message repeats a value only as a short repr.
+
+    Costs one walk of the config, its model's validation and one
+    ``json.dumps``; no database.
     """
     if not isinstance(schedule_type, str):
         raise InvalidInputError("schedule_type", "must be a string")

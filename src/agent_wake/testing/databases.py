@@ -10,26 +10,49 @@ The name is built here, never taken from the caller whole: ``prefix``, then
 ``worker`` (the pytest-xdist worker, say), then 10 random hex digits, so
 concurrent runs on one server do not meet. The database is dropped with
 ``WITH (FORCE)``: connections a test left open do not keep it alive.
+
+A process killed before its drop leaves its database behind, so each
+database carries a ``COMMENT`` naming its creator (machine, process id,
+process start time): :func:`drop_abandoned_databases` drops those whose
+creator ran on this machine and is gone, and never one whose creator may
+still be running.
 """
 
 import asyncio
+import contextlib
+import json
+import logging
+import os
 import re
+import socket
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 
 from sqlalchemy import pool, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from agent_wake.database import resolve_database_url
 from agent_wake.errors import InvalidInputError
 from agent_wake.migration_config import alembic_config
 
-__all__ = ["ScratchDatabase", "ScratchDatabases", "execute_autocommit", "migrate_to_head"]
+__all__ = [
+    "ScratchDatabase",
+    "ScratchDatabases",
+    "drop_abandoned_databases",
+    "execute_autocommit",
+    "migrate_to_head",
+]
+
+_logger = logging.getLogger(__name__)
 
 _NAME_PART = re.compile(r"[a-z_][a-z0-9_]*")
 _RANDOM_HEX_DIGITS = 10
+_SCRATCH_NAME = re.compile(rf"[a-z_][a-z0-9_]*_[0-9a-f]{{{_RANDOM_HEX_DIGITS}}}")
+_CREATOR_COMMENT = "agent-wake scratch database, created by "
 # PostgreSQL truncates longer identifiers silently; the DROP would then miss.
 _MAX_NAME_LENGTH = 63
 
@@ -66,6 +89,96 @@ def migrate_to_head(url: str) -> None:
     from alembic import command
 
     command.upgrade(alembic_config(url), "head")
+
+
+def _this_machine() -> dict[str, str]:
+    machine = {"host": socket.gethostname()}
+    # A container that shares the host's name (host networking) has process
+    # ids of its own: its live processes would look gone from here.
+    with contextlib.suppress(OSError):
+        machine["pid_namespace"] = os.readlink("/proc/self/ns/pid")
+    return machine
+
+
+def _process_start(pid: int) -> str | None:
+    # Linux only: the start time (clock ticks after boot) tells a reused
+    # process id from the process that wrote it down.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22; counted after the command name, which may hold spaces and ")".
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _creator_comment() -> str:
+    creator = {"machine": _this_machine(), "pid": os.getpid(), "started": _process_start(os.getpid())}
+    return _CREATOR_COMMENT + json.dumps(creator)
+
+
+def _creator_is_gone(comment: str) -> bool:
+    """True only when the creator surely ran on this machine and has exited; whatever is unsure counts as alive."""
+    try:
+        creator = json.loads(comment.removeprefix(_CREATOR_COMMENT))
+    except ValueError:
+        return False
+    # os.kill on Windows ends the process whatever the signal: no check there.
+    if os.name != "posix" or not isinstance(creator, dict) or creator.get("machine") != _this_machine():
+        return False
+    pid = creator.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, another user's
+    recorded, current = creator.get("started"), _process_start(pid)
+    return recorded is not None and current is not None and recorded != current
+
+
+async def drop_abandoned_databases(server_url: str) -> list[str]:
+    """Drop the scratch databases on the server at ``server_url`` whose creator
+    ran on this machine and has exited (a killed test run or benchmark);
+    returns their names.
+
+    Drops only a database named like a scratch database and carrying the
+    creator ``COMMENT`` that :meth:`ScratchDatabase.create` writes, made by a
+    process of this machine (host name and, on Linux, PID namespace) that no
+    longer runs: its id is free, or (Linux) now belongs to a process started
+    later. Never drops one whose creator may be alive (another run, another
+    xdist worker), was made elsewhere, or cannot be checked (off POSIX). A
+    DROP that fails (another run dropped it first, no privilege) is logged
+    and skipped. Costs one connection and one query, plus one DROP per
+    abandoned database.
+    """
+    engine = create_async_engine(
+        resolve_database_url(server_url), isolation_level="AUTOCOMMIT", poolclass=pool.NullPool
+    )
+    dropped: list[str] = []
+    try:
+        async with engine.connect() as connection:
+            found = await connection.execute(
+                text(
+                    "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database "
+                    "WHERE starts_with(shobj_description(oid, 'pg_database'), :marker)"
+                ),
+                {"marker": _CREATOR_COMMENT},
+            )
+            for name, comment in found.all():
+                if not _SCRATCH_NAME.fullmatch(name) or not _creator_is_gone(comment):
+                    continue
+                try:
+                    await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                except DBAPIError as exc:
+                    _logger.warning("could not drop the abandoned scratch database %s: %s", name, exc.orig)
+                    continue
+                _logger.info("dropped the abandoned scratch database %s (%s)", name, comment)
+                dropped.append(name)
+    finally:
+        await engine.dispose()
+    return dropped
 
 
 def _database_name(prefix: str, worker: str) -> str:
@@ -105,19 +218,23 @@ class ScratchDatabase:
         self.migrate = migrate
 
     async def create(self) -> str:
-        """CREATE DATABASE, then ``migrate`` in a worker thread; returns :attr:`url`.
+        """CREATE DATABASE with a COMMENT naming this process (see
+        :func:`drop_abandoned_databases`), then ``migrate`` in a worker thread;
+        returns :attr:`url`.
 
-        If ``migrate`` raises, the database is dropped again before the error
-        propagates. Costs one server connection, the copy of ``template1``,
-        and whatever ``migrate`` costs.
+        If the COMMENT or ``migrate`` raises, the database is dropped again
+        before the error propagates. Costs two server connections, the copy
+        of ``template1``, and whatever ``migrate`` costs.
         """
+        comment = _creator_comment().replace("'", "''")
         await execute_autocommit(self.server_url, f'CREATE DATABASE "{self.name}"')
-        if self.migrate is not None:
-            try:
+        try:
+            await execute_autocommit(self.server_url, f"COMMENT ON DATABASE \"{self.name}\" IS '{comment}'")
+            if self.migrate is not None:
                 await asyncio.to_thread(self.migrate, self.url)
-            except BaseException:
-                await self.drop()
-                raise
+        except BaseException:
+            await self.drop()
+            raise
         return self.url
 
     async def drop(self) -> None:

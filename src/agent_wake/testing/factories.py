@@ -6,57 +6,117 @@ Used through the pytest plugin's ``wake_factory`` fixture::
 
 Every row goes through the public repositories (so it is validated like
 application data) and is flushed, not committed.
+
+``conversation()`` and ``skill()`` write the stand-in ``conversations`` and
+``agent_skills`` columns unless the factory is given builders of a host's
+own rows (:class:`RowBuilder`; the plugin's ``wake_conversation_builder``
+and ``wake_skill_builder`` fixtures)::
+
+    async def build_conversation(session, /, **overrides):
+        row = MyConversation(**{"agent_id": uuid.uuid4(), "conversation_id": uuid.uuid4(), **overrides})
+        session.add(row)
+        await session.flush()
+        return row
 """
 
 import uuid
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agent_wake.enums import FireStatus
+from agent_wake.errors import AgentWakeError
 from agent_wake.fire_repository import WakeFireRepository
-from agent_wake.models import AgentSkill, Conversation, WakeFire, WakeSchedule, WebhookSubscription
+from agent_wake.models import WakeFire, WakeSchedule, WebhookSubscription
 from agent_wake.schedule_repository import WakeScheduleRepository
 from agent_wake.secret_box import SecretBox
+from agent_wake.standins import AgentSkill, Conversation
 from agent_wake.webhook_repository import WebhookSubscriptionRepository
 
-__all__ = ["WakeFactory"]
+__all__ = ["RowBuilder", "WakeFactory", "build_standin_conversation", "build_standin_skill"]
 
 DEFAULT_WEBHOOK_SECRET = "whsec_factory_default_secret"
 
 
-class WakeFactory:
-    """Builds conversations, skills, schedules, fires and subscriptions in ``session``."""
+class RowBuilder(Protocol):
+    """Writes one row in ``session`` with valid defaults and the given
+    ``overrides``, flushes it (never commits) and returns it."""
 
-    def __init__(self, session: AsyncSession, secrets: SecretBox) -> None:
+    def __call__(self, session: AsyncSession, /, **overrides: Any) -> Awaitable[Any]: ...
+
+
+async def _flush_standin(session: AsyncSession, row: Conversation | AgentSkill, method: str) -> None:
+    session.add(row)
+    try:
+        await session.flush()
+    except DBAPIError as exc:
+        table = row.__tablename__
+        raise AgentWakeError(
+            f"wake_factory.{method}() inserts a row of the stand-in {table} table "
+            f"({', '.join(column.name for column in row.__table__.columns)}) and the database refused it: "
+            f"{exc.orig}. If {table} is your own table, return a builder of its rows from a "
+            f"wake_{method}_builder fixture (see agent_wake.testing.factories.RowBuilder)."
+        ) from exc
+
+
+async def build_standin_conversation(session: AsyncSession, /, **overrides: Any) -> Conversation:
+    """A row of the stand-in ``conversations`` table; refuses (``AgentWakeError``)
+    when the database's ``conversations`` does not take the stand-in's columns."""
+    values: dict[str, Any] = {
+        "agent_id": uuid.uuid4(),
+        "conversation_id": uuid.uuid4(),
+        "user_id": uuid.uuid4(),
+    }
+    row = Conversation(**{**values, **overrides})
+    await _flush_standin(session, row, "conversation")
+    return row
+
+
+async def build_standin_skill(session: AsyncSession, /, **overrides: Any) -> AgentSkill:
+    """A row of the stand-in ``agent_skills`` table; refuses (``AgentWakeError``)
+    when the database's ``agent_skills`` does not take the stand-in's columns."""
+    values: dict[str, Any] = {
+        "agent_id": uuid.uuid4(),
+        "skill_id": uuid.uuid4(),
+        "user_id": uuid.uuid4(),
+        "name": "factory skill",
+    }
+    row = AgentSkill(**{**values, **overrides})
+    await _flush_standin(session, row, "skill")
+    return row
+
+
+class WakeFactory:
+    """Builds conversations, skills, schedules, fires and subscriptions in ``session``.
+
+    ``conversation_builder`` and ``skill_builder`` write the rows of
+    :meth:`conversation` and :meth:`skill`: the stand-in tables' unless a
+    host passes builders of its own tables' rows.
+    """
+
+    def __init__(
+        self,
+        session: AsyncSession,
+        secrets: SecretBox,
+        *,
+        conversation_builder: RowBuilder = build_standin_conversation,
+        skill_builder: RowBuilder = build_standin_skill,
+    ) -> None:
         self.session = session
         self.secrets = secrets
+        self.conversation_builder = conversation_builder
+        self.skill_builder = skill_builder
 
-    async def conversation(self, **overrides: Any) -> Conversation:
-        """A row of the stand-in ``conversations`` table."""
-        values: dict[str, Any] = {
-            "agent_id": uuid.uuid4(),
-            "conversation_id": uuid.uuid4(),
-            "user_id": uuid.uuid4(),
-        }
-        row = Conversation(**{**values, **overrides})
-        self.session.add(row)
-        await self.session.flush()
-        return row
+    async def conversation(self, **overrides: Any) -> Any:
+        """A conversation row from ``conversation_builder`` (a stand-in ``Conversation`` by default)."""
+        return await self.conversation_builder(self.session, **overrides)
 
-    async def skill(self, **overrides: Any) -> AgentSkill:
-        """A row of the stand-in ``agent_skills`` table."""
-        values: dict[str, Any] = {
-            "agent_id": uuid.uuid4(),
-            "skill_id": uuid.uuid4(),
-            "user_id": uuid.uuid4(),
-            "name": "factory skill",
-        }
-        row = AgentSkill(**{**values, **overrides})
-        self.session.add(row)
-        await self.session.flush()
-        return row
+    async def skill(self, **overrides: Any) -> Any:
+        """A skill row from ``skill_builder`` (a stand-in ``AgentSkill`` by default)."""
+        return await self.skill_builder(self.session, **overrides)
 
     async def schedule(self, **overrides: Any) -> WakeSchedule:
         """An active ``interval`` schedule firing in 30 minutes, in a new conversation unless given."""

@@ -3,8 +3,10 @@ factories. Installing agent-wake registers it (entry point ``pytest11``).
 
 Fixtures, all named ``wake_*``; nothing starts or connects until a test asks:
 
-- ``wake_database_url`` (session): a fresh database with a unique name,
-  migrated once, dropped at the end;
+- ``wake_server`` (session): the PostgreSQL server, a :class:`TestServer`;
+- ``wake_database_url`` (session): a fresh database with a unique name
+  (prefix: the ini option ``agent_wake_database_prefix``), migrated once,
+  checked to hold the wake tables, dropped at the end;
 - ``wake_migrate`` (session): how that database is migrated; override it,
   or set the ini option ``agent_wake_alembic_ini``, to use your own Alembic
   environment. It is called with the database URL in a thread with no event
@@ -12,20 +14,34 @@ Fixtures, all named ``wake_*``; nothing starts or connects until a test asks:
 - ``wake_session``: an ``AsyncSession`` in an outer transaction rolled back
   after the test (savepoints let the code under test call ``commit()``);
 - ``wake_engine``: an engine for tests that need their own connections; the
-  wake tables are truncated after such a test;
-- ``wake_factory``: :class:`~agent_wake.testing.factories.WakeFactory` on ``wake_session``;
+  wake tables, and those ``wake_cleanup_tables`` (session) names, are
+  truncated after such a test;
+- ``wake_factory``: :class:`~agent_wake.testing.factories.WakeFactory` on
+  ``wake_session``, its conversations and skills written by
+  ``wake_conversation_builder`` and ``wake_skill_builder`` (the stand-in
+  tables unless overridden);
 - ``wake_secrets``: a :class:`~agent_wake.secret_box.SecretBox` with a key
   made for the test session.
 
 The database server is, in this order: ``AGENT_WAKE_TEST_DATABASE_URL``; a
 PostgreSQL container through testcontainers when Docker answers; the
-embedded PostgreSQL. Every engine and session handed out has the partition
-guard on in ``raise`` mode.
+embedded PostgreSQL. A line names it after collection (at the end of the run
+under xdist, whose workers each choose). Before creating its database the
+plugin drops the test databases that killed runs of this machine left on
+that server (:func:`~agent_wake.testing.databases.drop_abandoned_databases`).
+Every engine and session handed out has the partition guard on in ``raise``
+mode.
+
+The async fixtures run in the event loop of pytest-asyncio's
+``asyncio_default_fixture_loop_scope``: set it, and run the tests that use
+them in the same loop scope (``function`` for both, unless you set both).
 """
 
 import asyncio
+import configparser
 import os
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,20 +50,24 @@ from typing import Any, TypeVar
 import pytest
 from sqlalchemy import pool, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError, MissingGreenlet
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
-from agent_wake.database import resolve_database_url, start_embedded_server
-from agent_wake.errors import AgentWakeError
+from agent_wake.database import resolve_database_url
+from agent_wake.embedded_server import start_embedded_server
+from agent_wake.errors import AgentWakeError, InvalidInputError
 from agent_wake.partition_guard import GUARDED_TABLES, install_partition_guard, spans_partitions
 from agent_wake.secret_box import SecretBox
 from agent_wake.testing import databases
-from agent_wake.testing.factories import WakeFactory
+from agent_wake.testing.factories import RowBuilder, WakeFactory, build_standin_conversation, build_standin_skill
 
 __all__ = [
     "ALEMBIC_INI_OPTION",
+    "DATABASE_PREFIX_OPTION",
     "TEST_DATABASE_URL_VARIABLE",
     "TestServer",
+    "wake_cleanup_tables",
+    "wake_conversation_builder",
     "wake_database_url",
     "wake_engine",
     "wake_factory",
@@ -55,12 +75,18 @@ __all__ = [
     "wake_secrets",
     "wake_server",
     "wake_session",
+    "wake_skill_builder",
 ]
 
 TEST_DATABASE_URL_VARIABLE = "AGENT_WAKE_TEST_DATABASE_URL"
 ALEMBIC_INI_OPTION = "agent_wake_alembic_ini"
+DATABASE_PREFIX_OPTION = "agent_wake_database_prefix"
+DEFAULT_DATABASE_PREFIX = "agent_wake_test"
 POSTGRES_IMAGE = "postgres:16-alpine"
+_ASYNC_DRIVER = "postgresql+asyncpg"
 _TEARDOWN_LOCK_TIMEOUT_SECONDS = 10
+_LOCK_NOT_AVAILABLE = "55P03"
+_WORKER_OUTPUT_KEY = "agent_wake_test_database"
 _DATABASE_FIXTURES = frozenset(
     {"wake_server", "wake_database_url", "wake_migrate", "wake_session", "wake_engine", "wake_factory"}
 )
@@ -82,7 +108,19 @@ def _run_in_fresh_loop(coroutine: Coroutine[Any, Any, _T]) -> _T:
 
 @dataclass
 class TestServer:
-    """A PostgreSQL server for the test session: where it came from and its admin URL."""
+    """A PostgreSQL server for the test session (the ``wake_server`` fixture).
+
+    - ``source``: where it came from, as the plugin's report line shows it:
+      ``AGENT_WAKE_TEST_DATABASE_URL (<URL, password hidden>)``,
+      ``testcontainers (<image>)`` or ``embedded PostgreSQL (pgserver)``;
+    - ``url``: its asyncpg URL, credentials included. Test databases are
+      created on this server; the URL's own database is only connected to;
+    - ``stop``: stops the server at the end of the test session, for a server
+      the plugin started and must stop (the container); ``None`` otherwise
+      (yours, or the embedded one, which stops when the process exits);
+    - ``tried``: the sources tried before this one, each with why it was
+      passed over.
+    """
 
     __test__ = False  # not a test class, despite its name
 
@@ -161,6 +199,13 @@ def start_test_server() -> TestServer:
 
 
 _server_key = pytest.StashKey["TestServer | AgentWakeError"]()
+_worker_sources_key = pytest.StashKey[dict[str, str]]()
+
+
+def _describe(found: "TestServer | AgentWakeError") -> str:
+    if isinstance(found, AgentWakeError):
+        return "none available (the tests that need it report why)"
+    return found.source
 
 
 def _server_for(config: pytest.Config) -> TestServer:
@@ -171,6 +216,10 @@ def _server_for(config: pytest.Config) -> TestServer:
         except AgentWakeError as exc:
             found = exc
         config.stash[_server_key] = found
+        # An xdist worker's output reaches the controller, which reports it.
+        worker_output = getattr(config, "workeroutput", None)
+        if worker_output is not None:
+            worker_output[_WORKER_OUTPUT_KEY] = _describe(found)
     if isinstance(found, AgentWakeError):
         raise found
     return found
@@ -180,8 +229,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(
         ALEMBIC_INI_OPTION,
         "alembic.ini of your own Alembic environment (with agent-wake's agent_wake branch in its "
-        "version_locations) to migrate the test database with 'upgrade heads'",
+        "version_locations) to migrate the test database with 'upgrade heads'; relative to the rootdir",
         default="",
+    )
+    parser.addini(
+        DATABASE_PREFIX_OPTION,
+        "start of the test databases' names (a lower-case identifier); the xdist worker and 10 random "
+        "hex digits follow",
+        default=DEFAULT_DATABASE_PREFIX,
     )
 
 
@@ -191,8 +246,25 @@ def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Ite
         return None
     try:
         return f"agent-wake test database: {_server_for(config).source}"
-    except AgentWakeError:
-        return "agent-wake test database: none available (the tests that need it report why)"
+    except AgentWakeError as exc:
+        return f"agent-wake test database: {_describe(exc)}"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """On the xdist controller: keep what each worker used, for the summary."""
+    source = getattr(node, "workeroutput", {}).get(_WORKER_OUTPUT_KEY)
+    if source is not None:
+        node.config.stash.setdefault(_worker_sources_key, {})[node.workerinput["workerid"]] = source
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """Under xdist, the line the workers' headers would have shown, once per source."""
+    workers_by_source: defaultdict[str, list[str]] = defaultdict(list)
+    for worker, source in sorted(config.stash.get(_worker_sources_key, {}).items()):
+        workers_by_source[source].append(worker)
+    for source, workers in workers_by_source.items():
+        terminalreporter.write_line(f"agent-wake test database: {source} (xdist workers {', '.join(workers)})")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -203,41 +275,126 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def wake_server(pytestconfig: pytest.Config) -> TestServer:
-    """The PostgreSQL server of this test session (see the module docstring for the order)."""
+    """The PostgreSQL server of this test session (see the module docstring
+    for the order, :class:`TestServer` for its fields)."""
     return _server_for(pytestconfig)
 
 
-@pytest.fixture(scope="session")
-def wake_migrate(pytestconfig: pytest.Config) -> Callable[[str], None]:
-    """Migrates a database URL to head, called in a thread with no event loop
-    running. Override it to migrate with your own environment."""
-    ini = pytestconfig.getini(ALEMBIC_INI_OPTION)
-    if not ini:
-        return databases.migrate_to_head
-    ini_path = Path(pytestconfig.rootpath, ini)
+def _driver_named_in(ini_path: Path) -> str:
+    # A synchronous env.py (Alembic's default template) needs the synchronous
+    # driver its own URL names; async environments get asyncpg.
+    from alembic.config import Config
 
-    def migrate_with_own_environment(url: str) -> None:
+    try:
+        named = Config(str(ini_path)).get_main_option("sqlalchemy.url")
+        drivername = make_url(named).drivername if named else ""
+    except (configparser.Error, ArgumentError):
+        return _ASYNC_DRIVER
+    backend, _, driver = drivername.partition("+")
+    return drivername if backend == "postgresql" and driver else _ASYNC_DRIVER
+
+
+def _migrate_with_alembic_ini(ini_path: Path) -> Callable[[str], None]:
+    driver = _driver_named_in(ini_path)
+
+    def migrate(url: str) -> None:
         # Imported here: pytest loads this plugin in every run, most of which migrate nothing.
         from alembic import command
         from alembic.config import Config
 
         config = Config(str(ini_path))
+        host_url = make_url(url).set(drivername=driver).render_as_string(hide_password=False)
         # ConfigParser reads % as interpolation; a socket path in the URL is percent-encoded.
-        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-        config.attributes["url"] = url
-        command.upgrade(config, "heads")
+        config.set_main_option("sqlalchemy.url", host_url.replace("%", "%%"))
+        config.attributes["url"] = host_url
+        try:
+            command.upgrade(config, "heads")
+        except MissingGreenlet as exc:
+            raise AgentWakeError(
+                f"the env.py of {ini_path} opened a synchronous engine on the {driver} URL the plugin set in "
+                "sqlalchemy.url. Name your synchronous driver in that file's sqlalchemy.url (for instance "
+                "postgresql+psycopg://localhost/app): the plugin then sets a URL with that driver."
+            ) from exc
 
-    return migrate_with_own_environment
+    return migrate
+
+
+@pytest.fixture(scope="session")
+def wake_migrate(pytestconfig: pytest.Config) -> Callable[[str], None]:
+    """Migrates a database URL to head, called in a thread with no event loop
+    running. Override it to migrate with your own environment.
+
+    With the ini option ``agent_wake_alembic_ini``, runs ``alembic upgrade
+    heads`` with that file (relative to the rootdir), the test database in
+    its ``sqlalchemy.url`` with the driver that option names there (asyncpg
+    when it names none). Refuses (``InvalidInputError``) a path with no file.
+    """
+    ini = pytestconfig.getini(ALEMBIC_INI_OPTION)
+    if not ini:
+        return databases.migrate_to_head
+    ini_path = Path(pytestconfig.rootpath, ini).resolve()
+    if not ini_path.is_file():
+        raise InvalidInputError(
+            ALEMBIC_INI_OPTION,
+            f"must name an alembic.ini, relative to the rootdir {pytestconfig.rootpath}: there is no file {ini_path}",
+        )
+    return _migrate_with_alembic_ini(ini_path)
+
+
+async def _missing_wake_tables(url: str) -> list[str]:
+    engine = create_async_engine(url, poolclass=pool.NullPool)
+    try:
+        async with engine.connect() as connection:
+            # to_regclass resolves through the search_path the fixtures' connections have too.
+            missing = await connection.execute(
+                text(
+                    "SELECT name FROM unnest(CAST(:names AS text[])) AS name "
+                    "WHERE to_regclass(quote_ident(name)) IS NULL ORDER BY name"
+                ),
+                {"names": sorted(GUARDED_TABLES)},
+            )
+            return list(missing.scalars())
+    finally:
+        await engine.dispose()
+
+
+async def _create_migrated(database: databases.ScratchDatabase, server_url: str) -> str:
+    await databases.drop_abandoned_databases(server_url)
+    url = await database.create()
+    missing = await _missing_wake_tables(url)
+    if missing:
+        await database.drop()
+        raise AgentWakeError(
+            f"wake_migrate ran, but the test database {database.name} has no {', '.join(missing)}. Most likely "
+            "the env.py that ran ignores the URL the plugin sets in sqlalchemy.url and migrated the database it "
+            "names itself (your development database?): read the URL with "
+            "context.config.get_main_option('sqlalchemy.url'). Else agent_wake:migrations/versions is missing "
+            "from the version_locations of your alembic.ini."
+        )
+    return url
 
 
 @pytest.fixture(scope="session")
 def wake_database_url(
     wake_server: TestServer, wake_migrate: Callable[[str], None], pytestconfig: pytest.Config
 ) -> Iterator[str]:
-    """A database created for this test session (per xdist worker), migrated, dropped at the end."""
+    """A database created for this test session (per xdist worker), migrated,
+    checked to hold the wake tables, dropped at the end.
+
+    Its name is ``{agent_wake_database_prefix}_{xdist worker or main}_{10 hex
+    digits}``; a prefix that is not a lower-case identifier, or too long for
+    that name to fit PostgreSQL's 63 characters, is refused
+    (``InvalidInputError`` naming the ini option). Refuses (``AgentWakeError``)
+    a database that ``wake_migrate`` left without the wake tables.
+    """
     worker = getattr(pytestconfig, "workerinput", {}).get("workerid", "main")
-    database = databases.ScratchDatabase(wake_server.url, prefix="agent_wake_test", worker=worker, migrate=wake_migrate)
-    url = _run_in_fresh_loop(database.create())
+    try:
+        database = databases.ScratchDatabase(
+            wake_server.url, prefix=pytestconfig.getini(DATABASE_PREFIX_OPTION), worker=worker, migrate=wake_migrate
+        )
+    except InvalidInputError as exc:
+        raise InvalidInputError(DATABASE_PREFIX_OPTION, exc.rule) from exc
+    url = _run_in_fresh_loop(_create_migrated(database, wake_server.url))
     try:
         yield url
     finally:
@@ -268,11 +425,37 @@ async def wake_session(wake_database_url: str) -> AsyncIterator[AsyncSession]:
         await engine.dispose()
 
 
+@pytest.fixture(scope="session")
+def wake_cleanup_tables() -> Sequence[str]:
+    """Tables of yours that ``wake_engine`` empties after each of its tests,
+    in the same TRUNCATE as the wake tables: none. Override it to return
+    their names (``"name"`` or ``"schema.name"``, quoted as given)."""
+    return ()
+
+
+def _quoted_tables(engine: AsyncEngine, names: Sequence[str]) -> list[str]:
+    if isinstance(names, str):
+        raise InvalidInputError("wake_cleanup_tables", "must return a list of table names, not one string")
+    quoted = []
+    for name in names:
+        parts = name.split(".") if isinstance(name, str) else []
+        if not 1 <= len(parts) <= 2 or not all(parts):
+            raise InvalidInputError("wake_cleanup_tables", 'each entry must be a table name: "name" or "schema.name"')
+        quoted.append(".".join(engine.dialect.identifier_preparer.quote(part) for part in parts))
+    return quoted
+
+
 @async_fixture
-async def wake_engine(wake_database_url: str) -> AsyncIterator[AsyncEngine]:
-    """An engine for tests that open their own connections; the wake tables are emptied afterwards."""
+async def wake_engine(wake_database_url: str, wake_cleanup_tables: Sequence[str]) -> AsyncIterator[AsyncEngine]:
+    """An engine for tests that open their own connections; the wake tables and
+    ``wake_cleanup_tables`` are emptied afterwards, in one TRUNCATE.
+
+    Refuses (``InvalidInputError``) an entry of ``wake_cleanup_tables`` that
+    is not ``"name"`` or ``"schema.name"``, before the test runs.
+    """
     engine = _guarded_engine(wake_database_url)
     try:
+        tables = [*sorted(GUARDED_TABLES), *_quoted_tables(engine, wake_cleanup_tables)]
         yield engine
         async with engine.begin() as connection:
             # A transaction the test left open (a wake_session in the same
@@ -280,12 +463,18 @@ async def wake_engine(wake_database_url: str) -> AsyncIterator[AsyncEngine]:
             await connection.execute(text(f"SET LOCAL lock_timeout = '{_TEARDOWN_LOCK_TIMEOUT_SECONDS}s'"))
             with spans_partitions("test teardown: empty the wake tables"):
                 try:
-                    await connection.execute(text(f"TRUNCATE {', '.join(sorted(GUARDED_TABLES))}"))
+                    await connection.execute(text(f"TRUNCATE {', '.join(tables)}"))
                 except DBAPIError as exc:
+                    if getattr(exc.orig, "sqlstate", None) == _LOCK_NOT_AVAILABLE:
+                        raise AgentWakeError(
+                            f"wake_engine could not empty the wake tables within {_TEARDOWN_LOCK_TIMEOUT_SECONDS} "
+                            "s: another connection still holds locks on them. Do not use wake_session and "
+                            "wake_engine in the same test, and close the connections the test opens."
+                        ) from exc
                     raise AgentWakeError(
-                        f"wake_engine could not empty the wake tables within {_TEARDOWN_LOCK_TIMEOUT_SECONDS} s: "
-                        "another connection still holds locks on them. Do not use wake_session and "
-                        "wake_engine in the same test, and close the connections the test opens."
+                        f"wake_engine could not TRUNCATE {', '.join(tables)} after the test ({exc.orig}). The "
+                        "tables wake_cleanup_tables names must exist, and a table with a foreign key to one of "
+                        "them must be named too."
                     ) from exc
     finally:
         await engine.dispose()
@@ -298,6 +487,29 @@ def wake_secrets() -> SecretBox:
 
 
 @pytest.fixture
-def wake_factory(wake_session: AsyncSession, wake_secrets: SecretBox) -> WakeFactory:
+def wake_conversation_builder() -> RowBuilder:
+    """Writes the rows of ``wake_factory.conversation()``: the stand-in
+    ``conversations`` columns. Override it to return a builder of your own
+    table's rows (:class:`~agent_wake.testing.factories.RowBuilder`)."""
+    return build_standin_conversation
+
+
+@pytest.fixture
+def wake_skill_builder() -> RowBuilder:
+    """Writes the rows of ``wake_factory.skill()``: the stand-in
+    ``agent_skills`` columns. Override it to return a builder of your own
+    table's rows (:class:`~agent_wake.testing.factories.RowBuilder`)."""
+    return build_standin_skill
+
+
+@pytest.fixture
+def wake_factory(
+    wake_session: AsyncSession,
+    wake_secrets: SecretBox,
+    wake_conversation_builder: RowBuilder,
+    wake_skill_builder: RowBuilder,
+) -> WakeFactory:
     """Factories of persisted rows in ``wake_session``."""
-    return WakeFactory(wake_session, wake_secrets)
+    return WakeFactory(
+        wake_session, wake_secrets, conversation_builder=wake_conversation_builder, skill_builder=wake_skill_builder
+    )

@@ -1,8 +1,15 @@
 """Stand-in: conversations and agent_skills both exist.
 
-The agent_wake branch starts from this revision id. A host application that
-owns those two tables writes its own revision with this same id, after the
-revisions that create them, and uses only our agent_wake branch.
+The agent_wake branch starts from this revision id. Here, standalone, it
+merges the two stand-in branches, so the history has one head and
+``alembic upgrade head`` works. (With ``depends_on`` instead, Alembic would
+count the stand-in revisions as heads of their own.)
+
+A host application that owns those two tables writes its own revision with
+this same id as a root of its own: ``down_revision = None`` and
+``depends_on`` naming its revision(s) that create them. Our branch then
+stays apart from the host's history, which keeps its own head: removing
+our branch never touches a host revision.
 
 Revision ID: agent_wake_upstream
 Revises: conversations_0001, agent_skills_0001
