@@ -44,7 +44,7 @@ from agent_wake.errors import InvalidInputError
 from agent_wake.models import WakeSchedule
 
 # The config syntax's one source: the cron fields' bounds and names, and the delay units.
-from agent_wake.schedule_configs import _CRON_FIELDS, _SECONDS_PER_UNIT, validate_schedule_config
+from agent_wake.schedule_configs import CRON_FIELDS, SECONDS_PER_UNIT, validate_schedule_config
 
 __all__ = ["BUILT_IN_SCHEDULE_TYPES", "first_fire", "next_fire"]
 
@@ -138,7 +138,7 @@ def first_fire(
             return instant if instant >= now else None
         if schedule_type == "relative_delay":
             delay: str = config["delay"]
-            return now + timedelta(seconds=int(delay[:-1]) * _SECONDS_PER_UNIT[delay[-1]])
+            return now + timedelta(seconds=int(delay[:-1]) * SECONDS_PER_UNIT[delay[-1]])
         return _repeating_after(schedule_type, config, now, anchor=now, schedule_id=schedule_id)
     except OverflowError:
         return None
@@ -266,7 +266,7 @@ def _parse_cron(expr: str) -> _Cron:
     parts = expr.split()
     values = [
         _cron_field(part, lowest, highest, names)
-        for part, (_, lowest, highest, names) in zip(parts, _CRON_FIELDS, strict=True)
+        for part, (_, lowest, highest, names) in zip(parts, CRON_FIELDS, strict=True)
     ]
     minutes, hours, days, months, weekdays = values
     return _Cron(

