@@ -14,7 +14,7 @@ that says how the block runs. A block without one fails
     parenthesis (``# None   (already past)`` is a line ``None``).
 ``<!-- readme-test: fragment with NAME, NAME -->``
     Python statements, top-level ``await`` allowed, run in this process with
-    exactly the listed names defined (``FRAGMENT_NAMES`` says what each holds)
+    exactly the listed names defined (``FRAGMENT_NAMES`` says what each holds),
     on a migrated scratch database of their own. Everything else, imports
     included, the block must bring.
 ``<!-- readme-test: file PATH in PROJECT -->``
@@ -25,20 +25,19 @@ that says how the block runs. A block without one fails
 ``<!-- readme-test: shell in PROJECT -->``
     Each line is a command, run with bash in the project's folder; each must
     exit 0. Two optional clauses, in this order: ``, each after "COMMAND"``
-    runs ``COMMAND`` before each line (for a block of alternatives, each run
-    from the same state); ``, running "COMMAND" as "OTHER" because REASON``
-    runs ``OTHER`` where the block says ``COMMAND``.
+    runs ``COMMAND`` before each line (a block of alternatives, each run from
+    the same state); ``, running "COMMAND" as "OTHER" because REASON`` runs
+    ``OTHER`` where the block says ``COMMAND``.
 ``<!-- readme-test: not-run because REASON -->``
     Only where running is impossible here; the reason says why.
 
-A project (``PROJECTS`` below) is a temporary folder, prepared as its
-docstring says, with a scratch database of its own; its blocks run in README
-order in one test. In every block, the README's example database
-``app@db/app`` stands for the scratch database of the block (of its project).
+A project (``PROJECTS`` below) is a temporary folder prepared as its
+function's docstring says, with a scratch database of its own; its blocks run
+in README order, in one test. In every block, the README's example database
+``app@db/app`` stands for the scratch database of the block or its project.
 Commands run with this interpreter's scripts first on ``PATH`` (``alembic``,
-``pytest``), with ``AGENT_WAKE_TEST_DATABASE_URL`` naming the server this
-run uses, and with no other ``AGENT_WAKE_*`` or ``PYTEST_*`` variable of
-this run.
+``pytest``), ``AGENT_WAKE_TEST_DATABASE_URL`` naming the server this run
+uses, and no other ``AGENT_WAKE_*`` or ``PYTEST_*`` variable of this run.
 """
 
 import ast
@@ -47,6 +46,7 @@ import inspect
 import io
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -76,6 +76,8 @@ EXAMPLE_DATABASE = "app@db/app"
 COMMAND_TIMEOUT_SECONDS = 300
 PACKAGE_VERSIONS = Path(agent_wake.__file__).parent / "migrations" / "versions"
 
+# Reading the README.
+
 _FENCE = re.compile(r"^(?P<indent> *)```(?P<language>\S*)\s*$")
 _MARKER = re.compile(r"^\s*<!-- readme-test: (?P<how>.*?) -->\s*$")
 _HOW = {
@@ -86,11 +88,11 @@ _HOW = {
     "shell": re.compile(
         r"shell in (?P<project>[\w-]+)"
         r'(?:, each after "(?P<after>[^"]+)")?'
-        r'(?:, running "(?P<replaced>[^"]+)" as "(?P<replacement>[^"]+)" because (?P<because>.+))?'
+        r'(?:, running "(?P<replaced>[^"]+)" as "(?P<replacement>[^"]+)" because .+)?'
     ),
-    "not-run": re.compile(r"not-run because (?P<reason>.+)"),
+    "not-run": re.compile(r"not-run because .+"),
 }
-_LANGUAGES = {"program": {"python"}, "fragment": {"python"}, "shell": {"sh"}}
+_LANGUAGES = {"program": "python", "fragment": "python", "shell": "sh"}
 
 
 @dataclass(frozen=True)
@@ -107,34 +109,36 @@ class How:
     replacement: str | None = None
 
 
+def read_marker(marker: str) -> How | None:
+    """The marker's text after ``readme-test:``, read; None when it does not parse."""
+    kind = marker.split(" ", 1)[0].rstrip(",")
+    pattern = _HOW.get(kind)
+    matched = pattern.fullmatch(marker) if pattern else None
+    if matched is None:
+        return None
+    fields = matched.groupdict()
+    return How(
+        kind=kind,
+        project=fields.get("project"),
+        path=fields.get("path"),
+        names=tuple(fields["names"].split(", ")) if fields.get("names") else (),
+        checks_output=bool(fields.get("checks_output")),
+        after=fields.get("after"),
+        replaced=fields.get("replaced"),
+        replacement=fields.get("replacement"),
+    )
+
+
 @dataclass(frozen=True)
 class Block:
     line: int  # of the opening fence
     language: str
     text: str  # without the fence's indentation
-    marker: str | None  # what follows "readme-test:", None when the line before is no marker
+    marker: str | None  # after "readme-test:"; None when the line before is no marker
+    how: How | None  # None when there is no marker or it does not parse
 
-    @property
-    def how(self) -> How | None:
-        """The marker read, None when it is missing or does not parse."""
-        if self.marker is None:
-            return None
-        kind = self.marker.split(" ", 1)[0].rstrip(",")
-        pattern = _HOW.get(kind)
-        matched = pattern.fullmatch(self.marker) if pattern else None
-        if matched is None:
-            return None
-        fields = matched.groupdict()
-        return How(
-            kind=kind,
-            project=fields.get("project"),
-            path=fields.get("path"),
-            names=tuple(fields["names"].split(", ")) if fields.get("names") else (),
-            checks_output=bool(fields.get("checks_output")),
-            after=fields.get("after"),
-            replaced=fields.get("replaced"),
-            replacement=fields.get("replacement"),
-        )
+    def __str__(self) -> str:
+        return f"README.md line {self.line}"
 
 
 def read_blocks(markdown: str) -> list[Block]:
@@ -151,9 +155,10 @@ def read_blocks(markdown: str) -> list[Block]:
         closing = next((j for j in range(index + 1, len(lines)) if lines[j] == f"{indent}```"), None)
         if closing is None:
             raise AssertionError(f"README.md line {index + 1}: a fenced block that is never closed")
-        marker = _MARKER.match(lines[index - 1]) if index > 0 else None
+        found = _MARKER.match(lines[index - 1]) if index > 0 else None
+        marker = found["how"] if found else None
         body = "".join(line.removeprefix(indent) + "\n" for line in lines[index + 1 : closing])
-        blocks.append(Block(index + 1, opening["language"], body, marker["how"] if marker else None))
+        blocks.append(Block(index + 1, opening["language"], body, marker, read_marker(marker) if marker else None))
         index = closing + 1
     return blocks
 
@@ -162,16 +167,76 @@ BLOCKS = read_blocks(README.read_text())
 
 
 def blocks_of(kind: str) -> list[Any]:
-    return [pytest.param(block, id=f"README line {block.line}") for block in BLOCKS if kind_of(block) == kind]
-
-
-def kind_of(block: Block) -> str | None:
-    how = block.how
-    return how.kind if how else None
+    return [pytest.param(block, id=str(block)) for block in BLOCKS if block.how and block.how.kind == kind]
 
 
 def project_blocks(project: str) -> list[tuple[Block, How]]:
-    return [(block, how) for block in BLOCKS if (how := block.how) and how.project == project]
+    return [(block, block.how) for block in BLOCKS if block.how and block.how.project == project]
+
+
+def named_projects() -> list[str]:
+    return sorted({block.how.project for block in BLOCKS if block.how and block.how.project})
+
+
+def command_of(line: str) -> str:
+    """A shell line without its comment."""
+    return re.sub(r"(^|\s+)#.*$", "", line).strip()
+
+
+# The markers.
+
+
+def test_every_block_says_how_it_runs() -> None:
+    unmarked = [block.line for block in BLOCKS if block.marker is None]
+    assert unmarked == [], f"README.md blocks with no <!-- readme-test: ... --> line before them, at lines {unmarked}"
+
+
+def test_every_marker_reads_as_this_module_says() -> None:
+    unreadable = [f"line {block.line}: {block.marker}" for block in BLOCKS if block.marker and block.how is None]
+    assert unreadable == [], f"markers this module's docstring does not describe: {unreadable}"
+
+
+def test_programs_fragments_and_shell_commands_are_in_blocks_of_their_language() -> None:
+    mislabelled = [
+        f"line {block.line}: a {block.how.kind} in a {block.language or 'plain'} block"
+        for block in BLOCKS
+        if block.how and block.language != _LANGUAGES.get(block.how.kind, block.language)
+    ]
+    assert mislabelled == []
+
+
+def test_fragments_name_only_what_the_harness_defines() -> None:
+    unknown = [
+        f"line {block.line}: {name}"
+        for block in BLOCKS
+        if block.how
+        for name in block.how.names
+        if name not in FRAGMENT_NAMES
+    ]
+    assert unknown == [], f"names that FRAGMENT_NAMES does not define: {unknown}"
+
+
+def test_a_command_run_as_another_is_in_its_block() -> None:
+    # Otherwise the README's command would run as written: `pytest` in the checkout, the whole suite inside itself.
+    missing = [
+        f"line {block.line}: {block.how.replaced}"
+        for block in BLOCKS
+        if block.how and block.how.replaced
+        if block.how.replaced not in map(command_of, block.text.splitlines())
+    ]
+    assert missing == [], f"shell markers running a command their block does not have: {missing}"
+
+
+def test_the_projects_the_readme_names_are_the_projects_defined_here() -> None:
+    assert named_projects() == sorted(PROJECTS)
+
+
+def test_every_project_runs_something() -> None:
+    idle = [name for name in PROJECTS if all(how.kind == "file" for _, how in project_blocks(name))]
+    assert idle == [], f"projects whose blocks are only written, never run: {idle}"
+
+
+# Running a block.
 
 
 def for_database(text: str, database_url: str, *, ini: bool = False) -> str:
@@ -190,7 +255,7 @@ def reader_environment(server: TestServer) -> dict[str, str]:
     return environment
 
 
-def run(where: str, command: str, folder: Path, environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def run(where: object, command: str, folder: Path, environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """Run ``command`` with bash in ``folder``; fail, saying ``where``, unless it exits 0."""
     result = subprocess.run(
         ["bash", "-c", command],
@@ -206,10 +271,6 @@ def run(where: str, command: str, folder: Path, environment: dict[str, str]) -> 
         f"--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-4000:]}"
     )
     return result
-
-
-def where(block: Block) -> str:
-    return f"README.md line {block.line}"
 
 
 def comments(source: str) -> list[str]:
@@ -228,35 +289,7 @@ async def migrated_database(databases: ScratchDatabases) -> str:
     return url
 
 
-def test_every_block_says_how_it_runs() -> None:
-    unmarked = [block.line for block in BLOCKS if block.marker is None]
-    unreadable = [f"line {block.line}: {block.marker}" for block in BLOCKS if block.marker and block.how is None]
-    wrong_language = [
-        f"line {block.line}: a {how.kind} in a {block.language or 'plain'} block"
-        for block in BLOCKS
-        if (how := block.how) and how.kind in _LANGUAGES and block.language not in _LANGUAGES[how.kind]
-    ]
-    unknown_names = [
-        f"line {block.line}: {name}"
-        for block in BLOCKS
-        if (how := block.how)
-        for name in how.names
-        if name not in FRAGMENT_NAMES
-    ]
-    assert unmarked == [], f"README.md blocks with no <!-- readme-test: ... --> line before them, at lines {unmarked}"
-    assert unreadable == [], f"markers this module cannot read (see its docstring): {unreadable}"
-    assert wrong_language == []
-    assert unknown_names == [], f"fragment names that FRAGMENT_NAMES does not define: {unknown_names}"
-
-
-def test_the_projects_the_readme_names_are_the_projects_defined_here() -> None:
-    named = {how.project for block in BLOCKS if (how := block.how) and how.project}
-    assert named == set(PROJECTS)
-
-
-def test_every_project_runs_something() -> None:
-    idle = [name for name in PROJECTS if all(how.kind == "file" for _, how in project_blocks(name))]
-    assert idle == [], f"projects whose blocks are only written, never run: {idle}"
+# Programs.
 
 
 @pytest.mark.parametrize("block", blocks_of("program"))
@@ -267,14 +300,14 @@ async def test_the_program_runs(
     program = tmp_path / f"readme_line_{block.line}.py"
     program.write_text(for_database(block.text, url))
     environment = {**reader_environment(wake_server), "AGENT_WAKE_DATABASE_URL": url}
-    result = await asyncio.to_thread(run, where(block), f"{sys.executable} {program.name}", tmp_path, environment)
-    how = block.how
-    assert how is not None
-    if how.checks_output:
-        assert result.stdout.splitlines() == comments(block.text), where(block)
+    command = shlex.join([sys.executable, program.name])
+    result = await asyncio.to_thread(run, block, command, tmp_path, environment)
+    if block.how and block.how.checks_output:
+        assert result.stdout.splitlines() == comments(block.text), f"{block} printed:\n{result.stdout}"
 
 
-# What a fragment's marker may name, and what each name holds while it runs.
+# Fragments: what a marker may name, and what each name holds while the fragment runs.
+
 FRAGMENT_NAMES = {
     "sessions": "the session factory of create_engine_and_session_factory(), on the fragment's database",
     "session": "a session of `sessions` in a transaction, committed after the fragment",
@@ -302,8 +335,12 @@ async def define_names(
                 schedule_config={"expr": "0 * * * *"},
                 next_fire_at=now - timedelta(minutes=1),
             )
-    defined: dict[str, Any] = {"sessions": sessions, "now": now, "cutoff": now - timedelta(days=90)}
-    defined["dispatch"] = dispatch
+    defined: dict[str, Any] = {
+        "sessions": sessions,
+        "now": now,
+        "cutoff": now - timedelta(days=90),
+        "dispatch": dispatch,
+    }
     if "session" in names:
         defined["session"] = await stack.enter_async_context(sessions.begin())
     return {name: defined[name] for name in names}
@@ -311,18 +348,20 @@ async def define_names(
 
 @pytest.mark.parametrize("block", blocks_of("fragment"))
 async def test_the_fragment_runs(block: Block, scratch_databases: ScratchDatabases) -> None:
-    how = block.how
-    assert how is not None
+    assert block.how is not None
+    code = compile(block.text, str(block), "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
     engine, sessions = create_engine_and_session_factory(await migrated_database(scratch_databases))
-    code = compile(block.text, f"README.md line {block.line}", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
     try:
         async with AsyncExitStack() as stack:
-            namespace = {"__name__": "readme_fragment", **await define_names(how.names, sessions, stack)}
+            namespace = {"__name__": "readme_fragment", **await define_names(block.how.names, sessions, stack)}
             result = eval(code, namespace)
             if inspect.iscoroutine(result):
                 await result
     finally:
         await engine.dispose()
+
+
+# Projects.
 
 
 @dataclass
@@ -360,27 +399,27 @@ def write_host_application(folder: Path) -> None:
     (versions / "host_0001.py").write_text(host_project.TABLES_REVISION)
 
 
-def write_readme_files(folder: Path, project: str, database_url: str) -> None:
-    """Every file the README writes in ``project``, in README order."""
-    for block, how in project_blocks(project):
-        if how.path is not None:
-            write_block(folder, block, how.path, database_url)
-
-
 def write_block(folder: Path, block: Block, path: str, database_url: str) -> None:
     target = folder / path
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(for_database(block.text, database_url, ini=target.suffix == ".ini"))
 
 
-def write_archived_revision(folder: Path) -> None:
-    """``host_0002``, the host's revision after its tables revision."""
+def write_readme_host_files(folder: Path, database_url: str) -> None:
+    """Every file the README writes in the ``host`` project, in README order."""
+    for block, how in project_blocks("host"):
+        if how.path is not None:
+            write_block(folder, block, how.path, database_url)
+
+
+def write_host_revision(folder: Path, revision: str, down_revision: str, table: str, column: str, type_: str) -> None:
+    """A host revision that adds ``column`` (``type_``, as SQLAlchemy source) to ``table``."""
     host_project.write_host_revision(
         folder,
-        "host_0002",
-        "host_0001",
-        'op.add_column("conversations", sa.Column("archived", sa.Boolean(), nullable=True))',
-        'op.drop_column("conversations", "archived")',
+        revision,
+        down_revision,
+        f'op.add_column("{table}", sa.Column("{column}", {type_}))',
+        f'op.drop_column("{table}", "{column}")',
     )
 
 
@@ -397,43 +436,42 @@ async def prepare_checkout(work: Path, databases: ScratchDatabases, environment:
 async def prepare_checkout_on_a_host_database(
     work: Path, databases: ScratchDatabases, environment: dict[str, str]
 ) -> Project:
-    """The checkout, on a database built by a host's history: the README's
-    host files, with ``host_0002``, upgraded to heads."""
+    """The checkout, on a database built by a host's history: the host
+    application with the README's host files and ``host_0002``, upgraded to heads."""
     project = await prepare_checkout(work, databases, environment)
     host = work / "host"
     write_host_application(host)
-    write_readme_files(host, "host", project.database_url)
-    write_archived_revision(host)
+    write_readme_host_files(host, project.database_url)
+    write_host_revision(host, "host_0002", "host_0001", "conversations", "archived", "sa.Boolean(), nullable=True")
     await asyncio.to_thread(run, "building the host's database", "alembic upgrade heads", host, environment)
     return project
 
 
 async def prepare_host(work: Path, databases: ScratchDatabases, environment: dict[str, str]) -> Project:
-    """A host application (``write_host_application``) and an empty scratch database."""
+    """The host application (``write_host_application``); an empty scratch database."""
     write_host_application(work / "host")
     return Project(work / "host", await databases.create())
 
 
 async def prepare_host_adopting(work: Path, databases: ScratchDatabases, environment: dict[str, str]) -> Project:
     """The host application with the README's host files and ``host_0002``;
-    its database built by agent-wake on its own (stand-ins, ``agent_wake_0007``)."""
+    a database built by agent-wake on its own (stand-ins, ``agent_wake_0007``)."""
     folder = work / "host"
     url = await migrated_database(databases)
     write_host_application(folder)
-    write_readme_files(folder, "host", url)
-    write_archived_revision(folder)
+    write_readme_host_files(folder, url)
+    write_host_revision(folder, "host_0002", "host_0001", "conversations", "archived", "sa.Boolean(), nullable=True")
     return Project(folder, url)
 
 
 async def prepare_host_moving(work: Path, databases: ScratchDatabases, environment: dict[str, str]) -> Project:
-    """As ``host-adopting``, its database left by the old linear junction at
+    """As ``host-adopting``, the database left by the old linear junction at
     ``host_0002`` after all of ours (``alembic_version`` holds that one row)."""
     project = await prepare_host_adopting(work, databases, environment)
     await execute_autocommit(project.database_url, "UPDATE alembic_version SET version_num = 'host_0002'")
     return project
 
 
-# A test of the host's own rows, for the README's builders conftest.py.
 OWN_ROWS_TEST = """
 import pytest
 from sqlalchemy import text
@@ -457,23 +495,14 @@ async def prepare_host_own_rows(work: Path, databases: ScratchDatabases, environ
     """The host application with the README's host files, ``host_0002`` and
     ``host_0003`` giving its tables NOT NULL columns the stand-in rows lack
     (``conversations.workspace``, ``agent_skills.slug``), and
-    ``test_own_rows.py`` calling ``wake_factory.conversation()``, ``.skill()``
+    ``test_own_rows.py`` using ``wake_factory.conversation()``, ``.skill()``
     and ``wake_engine``."""
     folder = work / "host"
     url = await databases.create()
     write_host_application(folder)
-    write_readme_files(folder, "host", url)
-    for revision, down_revision, table, column in [
-        ("host_0002", "host_0001", "conversations", "workspace"),
-        ("host_0003", "host_0002", "agent_skills", "slug"),
-    ]:
-        host_project.write_host_revision(
-            folder,
-            revision,
-            down_revision,
-            f'op.add_column("{table}", sa.Column("{column}", sa.Text(), nullable=False))',
-            f'op.drop_column("{table}", "{column}")',
-        )
+    write_readme_host_files(folder, url)
+    write_host_revision(folder, "host_0002", "host_0001", "conversations", "workspace", "sa.Text(), nullable=False")
+    write_host_revision(folder, "host_0003", "host_0002", "agent_skills", "slug", "sa.Text(), nullable=False")
     (folder / "test_own_rows.py").write_text(OWN_ROWS_TEST)
     return Project(folder, url)
 
@@ -489,31 +518,29 @@ PROJECTS: dict[str, Callable[[Path, ScratchDatabases, dict[str, str]], Awaitable
 
 
 def run_shell(block: Block, how: How, project: Project, environment: dict[str, str]) -> None:
-    for line in block.text.splitlines():
-        command = for_database(line, project.database_url).strip()
-        if not command or command.startswith("#"):
-            continue
-        if how.replaced is not None and re.sub(r"\s+#.*$", "", command) == how.replaced:
-            command = how.replacement or ""
+    commands = [command_of(line) for line in for_database(block.text, project.database_url).splitlines()]
+    assert how.replaced is None or how.replaced in commands, f"{block}: no command {how.replaced!r} to run as another"
+    for command in filter(None, commands):
         if how.after is not None:
-            run(where(block), how.after, project.folder, environment)
-        run(where(block), command, project.folder, environment)
+            run(block, how.after, project.folder, environment)
+        run(block, how.replacement if command == how.replaced else command, project.folder, environment)
 
 
 def run_pytest(block: Block, project: Project, environment: dict[str, str]) -> None:
-    result = run(where(block), "pytest", project.folder, environment)
+    result = run(block, "pytest", project.folder, environment)
     summary = result.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"=* ?\d+ passed in [\d.]+s( \([\d:]+\))? =*", summary), (
-        f"{where(block)}: pytest in {project.folder} passed with more to say: {summary}\n{result.stdout[-4000:]}"
+        f"{block}: pytest in {project.folder} passed with more to say: {summary}\n{result.stdout[-4000:]}"
     )
 
 
-@pytest.mark.parametrize("name", sorted({how.project for b in BLOCKS if (how := b.how) and how.project}))
+@pytest.mark.parametrize("name", named_projects())
 async def test_the_project_runs(
     name: str, scratch_databases: ScratchDatabases, wake_server: TestServer, tmp_path: Path
 ) -> None:
-    project = await PROJECTS[name](tmp_path, scratch_databases, reader_environment(wake_server))
-    environment = {**reader_environment(wake_server), **project.environment}
+    reader = reader_environment(wake_server)
+    project = await PROJECTS[name](tmp_path, scratch_databases, reader)
+    environment = {**reader, **project.environment}
     package_versions = set(PACKAGE_VERSIONS.iterdir())
     try:
         for block, how in project_blocks(name):
@@ -527,4 +554,4 @@ async def test_the_project_runs(
         written = set(PACKAGE_VERSIONS.iterdir()) - package_versions
         for path in written:
             path.unlink()
-    assert written == set(), f"files written into the installed package: {sorted(written)}"
+    assert written == set(), f"files written into the installed package, now removed: {sorted(written)}"
