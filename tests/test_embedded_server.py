@@ -148,6 +148,23 @@ def test_a_user_killed_while_another_runs_does_not_keep_the_server_running(users
     assert users.recorded_pids() == []
 
 
+def test_a_killed_user_that_joined_from_another_pid_namespace_is_not_taken_for_dead(users: Users) -> None:
+    # A folder bind-mounted into a container is shared by two PID namespaces:
+    # a PID of the other one looks dead from here, and must not be dropped.
+    other, _ = users.start()
+    users.kill(other)
+    namespaces_file = users.folder / "agent_wake_pid_namespaces.json"
+    namespaces = json.loads(namespaces_file.read_text())
+    namespaces[str(other.pid)] = "pid:[another namespace]"
+    namespaces_file.write_text(json.dumps(namespaces))
+
+    survivor, _ = users.start()
+    users.leave(survivor)
+
+    assert users.recorded_pids() == [other.pid]
+    assert users.server_is_running(), "a user of another namespace may still be running"
+
+
 def test_without_the_embedded_extra_the_error_says_what_to_install(tmp_path: Path) -> None:
     # None in sys.modules makes the import fail as if the package were not installed.
     missing = subprocess.run(

@@ -267,6 +267,27 @@ async def test_inside_a_callers_transaction_the_search_path_is_back_after_the_ru
     assert (during, after) == ("public", "public")
 
 
+async def test_inside_a_callers_transaction_the_search_path_is_back_after_a_failed_run(
+    scratch_databases: ScratchDatabases,
+) -> None:
+    engine = create_async_engine(await scratch_databases.create())
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text("SET search_path TO public"))
+            await connection.commit()
+            await connection.begin()
+            with pytest.raises(Exception, match="no_such_revision"):
+                await connection.run_sync(
+                    lambda sync_connection: upgrade_with(sync_connection, "no_such_revision", schema="agent_one")
+                )
+            # A failure in Alembic, not in the database: the caller's transaction goes on.
+            during = (await connection.execute(text("SHOW search_path"))).scalar_one()
+            await connection.rollback()
+    finally:
+        await engine.dispose()
+    assert during == "public"
+
+
 async def test_a_callers_open_transaction_is_not_committed_and_its_rollback_undoes_the_run(
     scratch_databases: ScratchDatabases,
 ) -> None:

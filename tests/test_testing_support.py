@@ -167,6 +167,26 @@ async def test_a_scratch_database_made_on_another_machine_is_kept(wake_server: T
         await execute_autocommit(wake_server.url, f'DROP DATABASE IF EXISTS "{name}"')
 
 
+@pytest.mark.parametrize("boot", ["another boot id", "no boot id"])
+async def test_a_scratch_database_made_on_a_machine_of_the_same_name_and_namespace_is_kept_unless_the_boot_matches(
+    wake_server: TestServer, boot: str
+) -> None:
+    # Cloned CI machines share host names, and outside containers every Linux
+    # has the same PID namespace id: only the boot id tells them apart, and a
+    # creator that wrote none cannot be told from another machine.
+    name = create_in_a_process_that_exits(wake_server.url)
+    try:
+        creator = await creator_of(wake_server.url, name)
+        machine = {key: value for key, value in creator["machine"].items() if key != "boot_id"}
+        if boot == "another boot id":
+            machine["boot_id"] = "00000000-0000-0000-0000-000000000000"
+        await set_creator(wake_server.url, name, {**creator, "machine": machine})
+        assert name not in await drop_abandoned_databases(wake_server.url)
+        assert name in await server_databases(wake_server.url)
+    finally:
+        await execute_autocommit(wake_server.url, f'DROP DATABASE IF EXISTS "{name}"')
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process start times are read from /proc")
 async def test_a_scratch_database_whose_creators_process_id_now_names_a_later_process_is_dropped(
     wake_server: TestServer,

@@ -18,12 +18,13 @@ revisions.
 """
 
 import asyncio
+import contextlib
 from logging.config import fileConfig
 from typing import Any
 
 from alembic import context
 from sqlalchemy import Connection, Engine, pool, text
-from sqlalchemy.exc import MissingGreenlet
+from sqlalchemy.exc import DBAPIError, MissingGreenlet
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from agent_wake import database
@@ -73,8 +74,10 @@ def _run_in_schema(connection: Connection, schema: str) -> None:
     # and autogenerate still recognises it as the version table. The dialect
     # is shared by every connection of the engine, hence the restore.
     connection.dialect.default_schema_name = schema
+    failed = True
     try:
         _configure_and_run(connection)
+        failed = False
     finally:
         connection.dialect.default_schema_name = saved_default_schema
         if not callers_transaction:
@@ -83,8 +86,14 @@ def _run_in_schema(connection: Connection, schema: str) -> None:
             connection.rollback()
             connection.execute(restore, {"search_path": saved_search_path, "is_local": False})
             connection.commit()
-    if callers_transaction:
-        connection.execute(restore, {"search_path": saved_search_path, "is_local": True})
+        elif failed:
+            # The caller's transaction may go on after a Python-level failure:
+            # restore there too. An aborted one refuses the statement, and
+            # the caller's rollback undoes the SET LOCAL instead.
+            with contextlib.suppress(DBAPIError):
+                connection.execute(restore, {"search_path": saved_search_path, "is_local": True})
+        else:
+            connection.execute(restore, {"search_path": saved_search_path, "is_local": True})
 
 
 def _run(connection: Connection, schema: str | None) -> None:

