@@ -6,12 +6,13 @@ import asyncio
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from alembic import command
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from agent_wake import AgentWakeError, InvalidInputError, alembic_config
 from tests.conftest import ScratchDatabases
@@ -199,38 +200,37 @@ async def test_a_given_connection_of_each_kind_is_migrated(scratch_databases: Sc
     assert await versions(url) == {"agent_wake_0007"}
 
 
-async def test_a_given_connection_gets_its_search_path_and_default_schema_back_after_a_schema_run(
-    scratch_databases: ScratchDatabases,
-) -> None:
+@pytest.fixture
+async def connection(scratch_databases: ScratchDatabases) -> AsyncIterator[AsyncConnection]:
+    """A caller's connection to a fresh database, its search_path set to public and committed."""
     engine = create_async_engine(await scratch_databases.create())
     try:
         async with engine.connect() as connection:
             await connection.execute(text("SET search_path TO public"))
             await connection.commit()
-            await connection.run_sync(lambda sync_connection: upgrade_with(sync_connection, schema="agent_one"))
-            search_path = (await connection.execute(text("SHOW search_path"))).scalar_one()
-            default_schema = connection.dialect.default_schema_name
+            yield connection
     finally:
         await engine.dispose()
+
+
+async def test_a_given_connection_gets_its_search_path_and_default_schema_back_after_a_schema_run(
+    connection: AsyncConnection,
+) -> None:
+    await connection.run_sync(lambda sync_connection: upgrade_with(sync_connection, schema="agent_one"))
+    search_path = (await connection.execute(text("SHOW search_path"))).scalar_one()
+    default_schema = connection.dialect.default_schema_name
     assert (search_path, default_schema) == ("public", "public")
 
 
 async def test_a_given_connection_gets_its_search_path_back_after_a_failed_schema_run(
-    scratch_databases: ScratchDatabases,
+    connection: AsyncConnection,
 ) -> None:
-    engine = create_async_engine(await scratch_databases.create())
-    try:
-        async with engine.connect() as connection:
-            await connection.execute(text("SET search_path TO public"))
-            await connection.commit()
-            with pytest.raises(Exception, match="no_such_revision"):
-                await connection.run_sync(
-                    lambda sync_connection: upgrade_with(sync_connection, "no_such_revision", schema="agent_one")
-                )
-            search_path = (await connection.execute(text("SHOW search_path"))).scalar_one()
-            default_schema = connection.dialect.default_schema_name
-    finally:
-        await engine.dispose()
+    with pytest.raises(Exception, match="no_such_revision"):
+        await connection.run_sync(
+            lambda sync_connection: upgrade_with(sync_connection, "no_such_revision", schema="agent_one")
+        )
+    search_path = (await connection.execute(text("SHOW search_path"))).scalar_one()
+    default_schema = connection.dialect.default_schema_name
     assert (search_path, default_schema) == ("public", "public")
 
 
@@ -248,43 +248,29 @@ async def test_a_given_connection_outside_a_transaction_is_left_outside_one(
 
 
 async def test_inside_a_callers_transaction_the_search_path_is_back_after_the_run_and_after_commit(
-    scratch_databases: ScratchDatabases,
+    connection: AsyncConnection,
 ) -> None:
-    engine = create_async_engine(await scratch_databases.create())
-    try:
-        async with engine.connect() as connection:
-            await connection.execute(text("SET search_path TO public"))
-            await connection.commit()
-            await connection.begin()
-            await connection.run_sync(
-                lambda sync_connection: upgrade_with(sync_connection, "agent_wake_0006", schema="agent_one")
-            )
-            during = (await connection.execute(text("SHOW search_path"))).scalar_one()
-            await connection.commit()
-            after = (await connection.execute(text("SHOW search_path"))).scalar_one()
-    finally:
-        await engine.dispose()
+    await connection.begin()
+    await connection.run_sync(
+        lambda sync_connection: upgrade_with(sync_connection, "agent_wake_0006", schema="agent_one")
+    )
+    during = (await connection.execute(text("SHOW search_path"))).scalar_one()
+    await connection.commit()
+    after = (await connection.execute(text("SHOW search_path"))).scalar_one()
     assert (during, after) == ("public", "public")
 
 
 async def test_inside_a_callers_transaction_the_search_path_is_back_after_a_failed_run(
-    scratch_databases: ScratchDatabases,
+    connection: AsyncConnection,
 ) -> None:
-    engine = create_async_engine(await scratch_databases.create())
-    try:
-        async with engine.connect() as connection:
-            await connection.execute(text("SET search_path TO public"))
-            await connection.commit()
-            await connection.begin()
-            with pytest.raises(Exception, match="no_such_revision"):
-                await connection.run_sync(
-                    lambda sync_connection: upgrade_with(sync_connection, "no_such_revision", schema="agent_one")
-                )
-            # A failure in Alembic, not in the database: the caller's transaction goes on.
-            during = (await connection.execute(text("SHOW search_path"))).scalar_one()
-            await connection.rollback()
-    finally:
-        await engine.dispose()
+    await connection.begin()
+    with pytest.raises(Exception, match="no_such_revision"):
+        await connection.run_sync(
+            lambda sync_connection: upgrade_with(sync_connection, "no_such_revision", schema="agent_one")
+        )
+    # A failure in Alembic, not in the database: the caller's transaction goes on.
+    during = (await connection.execute(text("SHOW search_path"))).scalar_one()
+    await connection.rollback()
     assert during == "public"
 
 
