@@ -28,6 +28,7 @@ from agent_wake.errors import (
     NotFoundError,
     PartitionScopeError,
     RetryableError,
+    RowSecurityError,
     SecretDecryptionError,
     SerializationError,
     StatusConflictError,
@@ -37,6 +38,13 @@ from agent_wake.fire_repository import FireFailure, FireSuccess, WakeFireReposit
 from agent_wake.migration_config import STANDIN_VERSIONS, WAKE_VERSIONS, alembic_config
 from agent_wake.models import Base, WakeFire, WakeSchedule, WebhookSubscription
 from agent_wake.partition_guard import GuardMode, PartitionSpan, install_partition_guard, spans_partitions
+from agent_wake.row_security import (
+    declare_conversations,
+    enforce_row_security,
+    generate_declaration_key,
+    install_row_security,
+    use_row_security,
+)
 from agent_wake.schedule_configs import register_schedule_type, validate_schedule_config
 from agent_wake.schedule_repository import ClaimedFire, NextFire, ScheduleChanges, WakeScheduleRepository
 from agent_wake.secret_box import SecretBox
@@ -76,6 +84,7 @@ __all__ = [
     "PartitionScopeError",
     "PartitionSpan",
     "RetryableError",
+    "RowSecurityError",
     "ScheduleChanges",
     "ScheduleStatus",
     "SecretBox",
@@ -93,9 +102,14 @@ __all__ = [
     "WebhookSubscriptionRepository",
     "alembic_config",
     "create_engine_and_session_factory",
+    "declare_conversations",
+    "enforce_row_security",
+    "generate_declaration_key",
     "install_partition_guard",
+    "install_row_security",
     "register_schedule_type",
     "resolve_database_url",
     "spans_partitions",
+    "use_row_security",
     "validate_schedule_config",
 ]

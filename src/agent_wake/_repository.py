@@ -25,14 +25,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import attributes
 from sqlalchemy.orm.util import identity_key
 
-from agent_wake import _statements
+from agent_wake import _statements, row_security
 from agent_wake import _validation as check
-from agent_wake.errors import NotFoundError, StatusConflictError, translate_database_errors
+from agent_wake.errors import InvalidInputError, NotFoundError, StatusConflictError, translate_database_errors
 from agent_wake.models import PARTITION_COLUMN, Base
 
 _Model = TypeVar("_Model", bound=Base)
 
 DEFAULT_LIST_LIMIT: Final = 200
+# Where a repository statement's parameters name its conversations: one, the target of a
+# conditional update, or one per row of a batch.
+_CONVERSATION_PARAMETERS: Final = (PARTITION_COLUMN, f"target_{PARTITION_COLUMN}", f"outcome_{PARTITION_COLUMN}")
 
 
 class PartitionedRepository(Generic[_Model]):
@@ -71,8 +74,7 @@ class PartitionedRepository(Generic[_Model]):
     async def delete(self, conversation_id: uuid.UUID, entity_id: uuid.UUID, /) -> None:
         """Delete the row; refuses one this conversation does not have. One DELETE."""
         parameters = self._key_parameters(conversation_id, entity_id)
-        with translate_database_errors():
-            deleted = (await self._session.execute(self._prebuilt("delete"), parameters)).scalar_one_or_none()
+        deleted = await self._scalar(self._prebuilt("delete"), parameters)
         if deleted is None:
             raise self._not_found(parameters)
         self._forget_deleted(parameters)
@@ -89,20 +91,50 @@ class PartitionedRepository(Generic[_Model]):
     def _not_found(self, key: Mapping[str, uuid.UUID]) -> NotFoundError:
         return NotFoundError(self.entity, key[PARTITION_COLUMN], key[self.id_column])
 
+    def _refuse_on_declaring_session(self, method: str) -> None:
+        """The cross-conversation methods run as the maintenance role, whose sessions declare nothing."""
+        if row_security.declares_conversations(self._session):
+            raise InvalidInputError(
+                "session",
+                f"{method}() spans conversations: run it on a maintenance-role session, "
+                "not one configured by use_row_security()",
+            )
+
+    async def _declare_named(self, parameters: Mapping[str, Any]) -> None:
+        """Declare the conversations a statement's parameters name (when the session declares at all).
+
+        Every repository statement names its conversations in one of these
+        parameters; the cross-conversation ones name none and are refused on
+        declaring sessions before they get here.
+        """
+        named: list[uuid.UUID] = []
+        for name in _CONVERSATION_PARAMETERS:
+            value = parameters.get(name)
+            if isinstance(value, uuid.UUID):
+                named.append(value)
+            elif isinstance(value, list):
+                named.extend(value)
+        if named:
+            await row_security.declare_for_repository(self._session, named)
+
     async def _one_or_none(self, statement: Executable, parameters: Mapping[str, Any]) -> Any:
+        await self._declare_named(parameters)
         with translate_database_errors():
             return (await self._session.scalars(statement, parameters)).one_or_none()
 
     async def _all(self, statement: Executable, parameters: Mapping[str, Any]) -> list[Any]:
+        await self._declare_named(parameters)
         with translate_database_errors():
             return list(await self._session.scalars(statement, parameters))
 
     async def _scalar(self, statement: Executable, parameters: Mapping[str, Any]) -> Any:
+        await self._declare_named(parameters)
         with translate_database_errors():
             return (await self._session.execute(statement, parameters)).scalar_one_or_none()
 
     async def _insert(self, row: _Model) -> _Model:
         """Insert ``row`` (the unit of work's INSERT ... RETURNING of the server defaults) and return it."""
+        await self._declare_named({PARTITION_COLUMN: getattr(row, PARTITION_COLUMN)})
         self._session.add(row)
         with translate_database_errors():
             await self._session.flush()

@@ -154,6 +154,16 @@ class DatabaseError(AgentWakeError):
         self.sqlstate = sqlstate
 
 
+class RowSecurityError(DatabaseError):
+    """PostgreSQL's row-level security refused the statement (SQLSTATE 42501).
+
+    A row outside the conversations this transaction declared was to be
+    written, or a declaration was refused (bad signature, a counter used
+    before, no key installed), or the role lacks the privilege. Nothing was
+    written by the statement; roll back.
+    """
+
+
 class PartitionScopeError(AgentWakeError):
     """A statement on a wake table is not confined to given conversations.
 
@@ -183,6 +193,7 @@ _TIMEOUTS: Final = frozenset({"57014", "55P03"})  # query_canceled (statement_ti
 # The server shutting the session down; connection_exception (08xxx) is matched by its class.
 _CONNECTION_LOST: Final = frozenset({"57P01", "57P02", "57P03"})
 _IN_FAILED_TRANSACTION: Final = "25P02"
+_INSUFFICIENT_PRIVILEGE: Final = "42501"
 
 
 @cache
@@ -237,6 +248,10 @@ def _translated(exc: sa_exc.DBAPIError) -> AgentWakeError:
             "the statement ran past statement_timeout or waited past lock_timeout; roll back and retry",
             sqlstate=sqlstate,
         )
+    if sqlstate == _INSUFFICIENT_PRIVILEGE:
+        # The server's message names the table or the declaration rule, never a value.
+        reason = str(getattr(exc.driver_exception, "message", "") or "insufficient privilege")
+        return RowSecurityError(f"the database refused the statement: {reason}", sqlstate=sqlstate)
     lost = exc.connection_invalidated or sqlstate in _CONNECTION_LOST
     if lost or (isinstance(sqlstate, str) and sqlstate.startswith("08")):
         return ConnectionLostError(

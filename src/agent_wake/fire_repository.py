@@ -150,6 +150,7 @@ class WakeFireRepository(PartitionedRepository[WakeFire]):
         which then finalizes them (finalizing twice is harmless). Served by
         the partial index ``idx_wake_fires_dispatching``. One SELECT.
         """
+        self._refuse_on_declaring_session("list_stale_dispatching")
         parameters = {"older_than": check.require_aware("older_than", older_than), "limit": check.require_limit(limit)}
         return await self._all(self._prebuilt("list_stale_dispatching"), parameters)
 

@@ -286,6 +286,7 @@ class WakeScheduleRepository(PartitionedRepository[WakeSchedule]):
         The tick's scan over every conversation; served by the partial
         index ``idx_wake_schedules_next_fire``. Takes no locks. One SELECT.
         """
+        self._refuse_on_declaring_session("list_due")
         parameters = {"now": check.require_aware("now", now), "limit": check.require_limit(limit)}
         return await self._all(self._prebuilt("list_due"), parameters)
 
@@ -313,6 +314,7 @@ class WakeScheduleRepository(PartitionedRepository[WakeSchedule]):
         are held until the caller commits; if the caller's process dies
         first, PostgreSQL releases them and nothing was claimed.
         """
+        self._refuse_on_declaring_session("claim_due")
         now = check.require_aware("now", now)
         limit = check.require_limit(limit)
         if not callable(next_fire):

@@ -145,5 +145,6 @@ class WebhookSubscriptionRepository(PartitionedRepository[WebhookSubscription]):
         before trusting anything else. Served by the unique index on
         ``subscription_id``. One SELECT.
         """
+        self._refuse_on_declaring_session("find_by_id")
         parameters = {"subscription_id": check.require_uuid("subscription_id", subscription_id)}
         return await self._one_or_none(self._prebuilt("find_by_id"), parameters)  # type: ignore[no-any-return]
