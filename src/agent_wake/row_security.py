@@ -261,10 +261,10 @@ def install_row_security(
     tables are (default: the ``search_path``); the ``agent_wake_security``
     schema serves every wake-table schema of the database.
 
-    Grants the application role SELECT, INSERT, UPDATE, DELETE on the wake
-    tables and EXECUTE on the two functions, and revokes TRUNCATE,
-    REFERENCES and TRIGGER from it; grants the maintenance role the same
-    DML. Refuses an application role that is a superuser, has BYPASSRLS,
+    Grants both roles USAGE on the tables' schema and SELECT, INSERT,
+    UPDATE, DELETE on the wake tables, and the application role EXECUTE on
+    the two functions; revokes TRUNCATE, REFERENCES and TRIGGER on the wake
+    tables from the application role and PUBLIC. Refuses an application role that is a superuser, has BYPASSRLS,
     owns the tables or is a member of their owner or of the maintenance
     role. Each policy takes a brief ACCESS EXCLUSIVE lock on its table,
     waiting at most ``lock_timeout_ms`` (else ``DatabaseTimeoutError``:
@@ -295,6 +295,15 @@ def install_row_security(
             f"DELETE FROM {SECURITY_SCHEMA}.backend_declarations AS d"
             " WHERE NOT EXISTS (SELECT FROM pg_stat_get_activity(d.pid))"
         )
+        table_schemas = connection.execute(
+            text(
+                "SELECT DISTINCT relnamespace::regnamespace::text FROM pg_class"
+                " WHERE oid = ANY (CAST(:t AS regclass[]))"
+            ),
+            {"t": tables},
+        ).scalars()
+        for table_schema in table_schemas:  # regnamespace's text is already quoted where it must be
+            connection.exec_driver_sql(f"GRANT USAGE ON SCHEMA {table_schema} TO {application}, {maintenance}")
         connection.exec_driver_sql(f"GRANT USAGE ON SCHEMA {SECURITY_SCHEMA} TO {application}")
         connection.exec_driver_sql(
             f"GRANT EXECUTE ON FUNCTION {SECURITY_SCHEMA}.declare_conversations(uuid[], bigint, bytea),"
@@ -307,7 +316,8 @@ def install_row_security(
                 f"REVOKE {_REVOKED_FROM_APPLICATION} ON {table} FROM {application}, PUBLIC",
                 f"DROP POLICY IF EXISTS {_POLICY_DECLARED} ON {table}",
                 f"DROP POLICY IF EXISTS {_POLICY_MAINTENANCE} ON {table}",
-                f"CREATE POLICY {_POLICY_DECLARED} ON {table} TO {application} USING ({declared}) WITH CHECK ({declared})",
+                f"CREATE POLICY {_POLICY_DECLARED} ON {table} TO {application}"
+                f" USING ({declared}) WITH CHECK ({declared})",
                 f"CREATE POLICY {_POLICY_MAINTENANCE} ON {table} TO {maintenance} USING (true) WITH CHECK (true)",
             ):
                 connection.exec_driver_sql(statement)

@@ -21,7 +21,16 @@ Fixtures, all named ``wake_*``; nothing starts or connects until a test asks:
   ``wake_conversation_builder`` and ``wake_skill_builder`` (the stand-in
   tables unless overridden);
 - ``wake_secrets``: a :class:`~agent_wake.secret_box.SecretBox` with a key
-  made for the test session.
+  made for the test session;
+- ``wake_row_security`` (session): row-level security switched on in
+  ``wake_database_url``, with a real application role and maintenance role
+  (:class:`~agent_wake.testing.row_security_roles.RowSecurityRoles`);
+  ``wake_application_sessions`` and ``wake_maintenance_sessions``: session
+  factories logged in as each (the application's declares its conversations,
+  :func:`~agent_wake.row_security.use_row_security`); the wake tables are
+  emptied after such a test, as after ``wake_engine``. The fixtures that
+  connect as the server's superuser (``wake_session``, ``wake_engine``,
+  ``wake_factory``) are not held to the policies.
 
 The database server is, in this order: ``AGENT_WAKE_TEST_DATABASE_URL``; a
 PostgreSQL container through testcontainers when Docker answers; the
@@ -51,14 +60,15 @@ import pytest
 from sqlalchemy import pool, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, MissingGreenlet
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from agent_wake.database import resolve_database_url
 from agent_wake.embedded_server import start_embedded_server
 from agent_wake.errors import AgentWakeError, InvalidInputError
 from agent_wake.partition_guard import GUARDED_TABLES, install_partition_guard, spans_partitions
+from agent_wake.row_security import use_row_security
 from agent_wake.secret_box import SecretBox
-from agent_wake.testing import databases
+from agent_wake.testing import databases, row_security_roles
 from agent_wake.testing.factories import RowBuilder, WakeFactory, build_standin_conversation, build_standin_skill
 
 __all__ = [
@@ -66,12 +76,15 @@ __all__ = [
     "DATABASE_PREFIX_OPTION",
     "TEST_DATABASE_URL_VARIABLE",
     "TestServer",
+    "wake_application_sessions",
     "wake_cleanup_tables",
     "wake_conversation_builder",
     "wake_database_url",
     "wake_engine",
     "wake_factory",
+    "wake_maintenance_sessions",
     "wake_migrate",
+    "wake_row_security",
     "wake_secrets",
     "wake_server",
     "wake_session",
@@ -88,7 +101,17 @@ _TEARDOWN_LOCK_TIMEOUT_SECONDS = 10
 _LOCK_NOT_AVAILABLE = "55P03"
 _WORKER_OUTPUT_KEY = "agent_wake_test_database"
 _DATABASE_FIXTURES = frozenset(
-    {"wake_server", "wake_database_url", "wake_migrate", "wake_session", "wake_engine", "wake_factory"}
+    {
+        "wake_server",
+        "wake_database_url",
+        "wake_migrate",
+        "wake_session",
+        "wake_engine",
+        "wake_factory",
+        "wake_row_security",
+        "wake_application_sessions",
+        "wake_maintenance_sessions",
+    }
 )
 
 _T = TypeVar("_T")
@@ -360,6 +383,7 @@ async def _missing_wake_tables(url: str) -> list[str]:
 
 async def _create_migrated(database: databases.ScratchDatabase, server_url: str) -> str:
     await databases.drop_abandoned_databases(server_url)
+    await row_security_roles.drop_orphaned_test_roles(server_url)
     url = await database.create()
     missing = await _missing_wake_tables(url)
     if missing:
@@ -457,27 +481,86 @@ async def wake_engine(wake_database_url: str, wake_cleanup_tables: Sequence[str]
     try:
         tables = [*sorted(GUARDED_TABLES), *_quoted_tables(engine, wake_cleanup_tables)]
         yield engine
-        async with engine.begin() as connection:
-            # A transaction the test left open (a wake_session in the same
-            # test, a connection never closed) would block TRUNCATE forever.
-            await connection.execute(text(f"SET LOCAL lock_timeout = '{_TEARDOWN_LOCK_TIMEOUT_SECONDS}s'"))
-            with spans_partitions("test teardown: empty the wake tables"):
-                try:
-                    await connection.execute(text(f"TRUNCATE {', '.join(tables)}"))
-                except DBAPIError as exc:
-                    if getattr(exc.orig, "sqlstate", None) == _LOCK_NOT_AVAILABLE:
-                        raise AgentWakeError(
-                            f"wake_engine could not empty the wake tables within {_TEARDOWN_LOCK_TIMEOUT_SECONDS} "
-                            "s: another connection still holds locks on them. Do not use wake_session and "
-                            "wake_engine in the same test, and close the connections the test opens."
-                        ) from exc
-                    raise AgentWakeError(
-                        f"wake_engine could not TRUNCATE {', '.join(tables)} after the test ({exc.orig}). The "
-                        "tables wake_cleanup_tables names must exist, and a table with a foreign key to one of "
-                        "them must be named too."
-                    ) from exc
+        await _empty_tables(engine, tables)
     finally:
         await engine.dispose()
+
+
+async def _empty_tables(engine: AsyncEngine, tables: list[str]) -> None:
+    async with engine.begin() as connection:
+        # A transaction the test left open (a wake_session in the same
+        # test, a connection never closed) would block TRUNCATE forever.
+        await connection.execute(text(f"SET LOCAL lock_timeout = '{_TEARDOWN_LOCK_TIMEOUT_SECONDS}s'"))
+        with spans_partitions("test teardown: empty the wake tables"):
+            try:
+                await connection.execute(text(f"TRUNCATE {', '.join(tables)}"))
+            except DBAPIError as exc:
+                if getattr(exc.orig, "sqlstate", None) == _LOCK_NOT_AVAILABLE:
+                    raise AgentWakeError(
+                        f"wake_engine could not empty the wake tables within {_TEARDOWN_LOCK_TIMEOUT_SECONDS} "
+                        "s: another connection still holds locks on them. Do not use wake_session and "
+                        "wake_engine in the same test, and close the connections the test opens."
+                    ) from exc
+                raise AgentWakeError(
+                    f"wake_engine could not TRUNCATE {', '.join(tables)} after the test ({exc.orig}). The "
+                    "tables wake_cleanup_tables names must exist, and a table with a foreign key to one of "
+                    "them must be named too."
+                ) from exc
+
+
+@pytest.fixture(scope="session")
+def wake_row_security(wake_database_url: str) -> Iterator[row_security_roles.RowSecurityRoles]:
+    """Row-level security on in ``wake_database_url`` for the rest of the test
+    session, with an application role and a maintenance role made for it
+    (dropped at the end). Run as the server URL's user, who must be able to
+    create roles."""
+    roles = _run_in_fresh_loop(row_security_roles.create_row_security_roles(wake_database_url))
+    try:
+        yield roles
+    finally:
+        _run_in_fresh_loop(row_security_roles.drop_row_security_roles(wake_database_url, roles))
+
+
+async def _role_sessions(
+    url: str, key: bytes | None, cleanup_url: str, cleanup_tables: Sequence[str]
+) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = _guarded_engine(url)
+    cleanup = _guarded_engine(cleanup_url)
+    try:
+        tables = [*sorted(GUARDED_TABLES), *_quoted_tables(cleanup, cleanup_tables)]
+        factory = async_sessionmaker(engine, expire_on_commit=False)
+        if key is not None:
+            use_row_security(factory, key)
+        yield factory
+        await engine.dispose()  # the role's connections must not hold locks TRUNCATE waits for
+        await _empty_tables(cleanup, tables)
+    finally:
+        await engine.dispose()
+        await cleanup.dispose()
+
+
+@async_fixture
+async def wake_application_sessions(
+    wake_row_security: row_security_roles.RowSecurityRoles, wake_database_url: str, wake_cleanup_tables: Sequence[str]
+) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Sessions logged in as the application role, declaring the conversations
+    their repository calls name; what they commit is emptied after the test."""
+    async for factory in _role_sessions(
+        wake_row_security.application_url, wake_row_security.key, wake_database_url, wake_cleanup_tables
+    ):
+        yield factory
+
+
+@async_fixture
+async def wake_maintenance_sessions(
+    wake_row_security: row_security_roles.RowSecurityRoles, wake_database_url: str, wake_cleanup_tables: Sequence[str]
+) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Sessions logged in as the maintenance role (every conversation: the tick,
+    recovery); what they commit is emptied after the test."""
+    async for factory in _role_sessions(
+        wake_row_security.maintenance_url, None, wake_database_url, wake_cleanup_tables
+    ):
+        yield factory
 
 
 @pytest.fixture(scope="session")

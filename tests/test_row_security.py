@@ -1,0 +1,481 @@
+"""Row-level security with real roles: the application role sees and changes
+only the conversations its transaction declared, whatever SQL it sends, and
+cannot forge or replay a declaration. Hostile statements go straight to the
+driver connection: the partition guard is not what is tested here."""
+
+import hashlib
+import hmac
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+
+from agent_wake import (
+    InvalidInputError,
+    RowSecurityError,
+    SecretBox,
+    WakeFireRepository,
+    WakeScheduleRepository,
+    WebhookSubscriptionRepository,
+    declare_conversations,
+    use_row_security,
+)
+from agent_wake.testing.row_security_roles import RowSecurityRoles
+
+pytestmark = pytest.mark.asyncio
+
+
+@dataclass(frozen=True)
+class Conversation:
+    conversation_id: uuid.UUID
+    schedule_id: uuid.UUID
+    fire_id: uuid.UUID
+    subscription_id: uuid.UUID
+    token: str  # a word only this conversation's fire output holds
+
+
+async def _seed(session: AsyncSession, secrets: SecretBox, token: str) -> Conversation:
+    conversation_id = uuid.uuid4()
+    schedule = await WakeScheduleRepository(session).create(
+        conversation_id=conversation_id,
+        user_id=uuid.uuid4(),
+        agent_id=uuid.uuid4(),
+        schedule_type="interval",
+        schedule_config={"seconds": 60},
+        next_fire_at=datetime.now(UTC) - timedelta(minutes=1),
+    )
+    fires = WakeFireRepository(session)
+    fire = await fires.create_dispatching(conversation_id=conversation_id, schedule_id=schedule.schedule_id)
+    await fires.finalize_success(conversation_id, fire.fire_id, status="fired", output_text=f"said {token}")
+    subscription = await WebhookSubscriptionRepository(session, secrets).create(
+        conversation_id=conversation_id, user_id=uuid.uuid4(), agent_id=uuid.uuid4(), secret=f"secret-{token}"
+    )
+    return Conversation(conversation_id, schedule.schedule_id, fire.fire_id, subscription.subscription_id, token)
+
+
+@pytest.fixture
+async def conversations(
+    wake_maintenance_sessions: async_sessionmaker[AsyncSession], wake_secrets: SecretBox
+) -> tuple[Conversation, Conversation]:
+    """Conversation A (the one the application declares) and B (another), committed by the maintenance role."""
+    async with wake_maintenance_sessions() as session:
+        a = await _seed(session, wake_secrets, "alphaword")
+        b = await _seed(session, wake_secrets, "bravoword")
+        await session.commit()
+    return a, b
+
+
+@pytest.fixture
+async def declared_a(
+    wake_application_sessions: async_sessionmaker[AsyncSession], conversations: tuple[Conversation, Conversation]
+) -> AsyncIterator[tuple[asyncpg.Connection, Conversation, Conversation]]:
+    """The application role's driver connection, inside a transaction that declared A (by a repository call)."""
+    a, b = conversations
+    async with wake_application_sessions() as session:
+        assert await WakeScheduleRepository(session).get(a.conversation_id, a.schedule_id) is not None
+        raw = await (await session.connection()).get_raw_connection()
+        yield raw.driver_connection, a, b
+
+
+async def _b_fire_as_stored(maintenance: async_sessionmaker[AsyncSession], b: Conversation) -> tuple[Any, ...]:
+    async with maintenance() as session:
+        fire = await WakeFireRepository(session).get(b.conversation_id, b.fire_id)
+        assert fire is not None
+        return fire.status, fire.output_text
+
+
+# --- the application's own path --------------------------------------------------------------
+
+
+async def test_repositories_work_for_the_declared_conversation(
+    wake_application_sessions: async_sessionmaker[AsyncSession], wake_secrets: SecretBox
+) -> None:
+    async with wake_application_sessions() as session:
+        created = await _seed(session, wake_secrets, "charlieword")
+        await session.commit()
+    async with wake_application_sessions() as session:
+        fires = await WakeFireRepository(session).list_for_schedule(created.conversation_id, created.schedule_id)
+        secret = await WebhookSubscriptionRepository(session, wake_secrets).reveal_secret(
+            created.conversation_id, created.subscription_id
+        )
+        await WakeScheduleRepository(session).delete(created.conversation_id, created.schedule_id)
+        await session.commit()
+    assert [fire.output_text for fire in fires] == ["said charlieword"]
+    assert secret == "secret-charlieword"
+
+
+async def test_a_transaction_that_declared_nothing_reads_no_row(
+    wake_application_sessions: async_sessionmaker[AsyncSession], conversations: tuple[Conversation, Conversation]
+) -> None:
+    async with wake_application_sessions() as session:
+        raw = (await (await session.connection()).get_raw_connection()).driver_connection
+        for table in ("agent_wake_schedules", "wake_fires", "webhook_subscriptions"):
+            assert await raw.fetchval(f"SELECT count(*) FROM {table}") == 0, table
+
+
+async def test_a_declaration_lasts_only_for_its_transaction(
+    wake_row_security: RowSecurityRoles,
+    wake_application_sessions: async_sessionmaker[AsyncSession],
+    conversations: tuple[Conversation, Conversation],
+) -> None:
+    a, _ = conversations
+    async with wake_application_sessions.kw["bind"].connect() as connection:  # one backend for both transactions
+        session = AsyncSession(bind=connection)
+        use_row_security(session, wake_row_security.key)
+        await declare_conversations(session, [a.conversation_id])
+        raw = (await connection.get_raw_connection()).driver_connection
+        assert await raw.fetchval("SELECT count(*) FROM agent_wake_schedules") == 1
+        await session.commit()
+        await session.connection()
+        assert await raw.fetchval("SELECT count(*) FROM agent_wake_schedules") == 0
+        await session.close()
+
+
+async def test_a_declaration_rolled_back_to_a_savepoint_is_made_again(
+    wake_application_sessions: async_sessionmaker[AsyncSession], conversations: tuple[Conversation, Conversation]
+) -> None:
+    a, _ = conversations
+    async with wake_application_sessions() as session:
+        savepoint = await session.begin_nested()
+        assert await WakeScheduleRepository(session).get(a.conversation_id, a.schedule_id) is not None
+        await savepoint.rollback()
+        assert await WakeScheduleRepository(session).get(a.conversation_id, a.schedule_id) is not None
+
+
+async def test_cross_conversation_methods_refuse_a_declaring_session(
+    wake_application_sessions: async_sessionmaker[AsyncSession], wake_secrets: SecretBox
+) -> None:
+    now = datetime.now(UTC)
+    async with wake_application_sessions() as session:
+        calls = {
+            "claim_due": WakeScheduleRepository(session).claim_due(now, limit=10, next_fire=lambda s, n: None),
+            "list_due": WakeScheduleRepository(session).list_due(now),
+            "list_stale_dispatching": WakeFireRepository(session).list_stale_dispatching(now),
+            "find_by_id": WebhookSubscriptionRepository(session, wake_secrets).find_by_id(uuid.uuid4()),
+        }
+        for method, call in calls.items():
+            with pytest.raises(InvalidInputError) as refused:
+                await call
+            assert refused.value.field == "session"
+            assert method in refused.value.rule
+
+
+async def test_the_maintenance_role_claims_every_conversation(
+    wake_maintenance_sessions: async_sessionmaker[AsyncSession], conversations: tuple[Conversation, Conversation]
+) -> None:
+    async with wake_maintenance_sessions() as session:
+        claimed = await WakeScheduleRepository(session).claim_due(
+            datetime.now(UTC), limit=10, next_fire=lambda schedule, now: now + timedelta(hours=1)
+        )
+        await session.rollback()
+    assert {fire.conversation_id for fire in claimed} == {c.conversation_id for c in conversations}
+
+
+async def test_a_session_with_another_key_is_refused(
+    wake_application_sessions: async_sessionmaker[AsyncSession], conversations: tuple[Conversation, Conversation]
+) -> None:
+    a, _ = conversations
+    async with wake_application_sessions() as session:
+        use_row_security(session, b"another key, not the installed one")
+        with pytest.raises(RowSecurityError, match="signature does not match"):
+            await WakeScheduleRepository(session).get(a.conversation_id, a.schedule_id)
+
+
+# --- hostile SQL from the application role, with A declared ----------------------------------
+
+
+async def test_hostile_reads_return_only_the_declared_conversation(
+    declared_a: tuple[asyncpg.Connection, Conversation, Conversation],
+) -> None:
+    raw, a, b = declared_a
+    reads = {
+        "plain select": "SELECT conversation_id::text FROM wake_fires",
+        "join of all three": "SELECT f.conversation_id::text FROM wake_fires f, agent_wake_schedules s,"
+        " webhook_subscriptions w",
+        "ts_stat over outputs": "SELECT word FROM ts_stat("
+        "'SELECT to_tsvector(''simple'', output_text) FROM wake_fires')",
+        "ts_stat over secrets": "SELECT word FROM ts_stat("
+        "'SELECT to_tsvector(''simple'', encode(secret_ciphertext, ''hex'')) FROM webhook_subscriptions')",
+    }
+    seen: list[str] = []
+    for name, sql in reads.items():
+        rows = await raw.fetch(sql)
+        assert rows, name  # A's rows are there
+        seen.extend(str(value) for row in rows for value in row)
+    assert str(b.conversation_id) not in seen
+    assert "bravoword" not in seen
+    assert str(a.conversation_id) in seen
+    assert "alphaword" in seen
+
+
+async def test_copy_returns_only_the_declared_conversation(
+    declared_a: tuple[asyncpg.Connection, Conversation, Conversation],
+) -> None:
+    raw, a, b = declared_a
+    copied: list[bytes] = []
+
+    async def collect(chunk: bytes) -> None:
+        copied.append(chunk)
+
+    await raw.copy_from_table("wake_fires", output=collect)
+    dump = b"".join(copied).decode()
+    assert str(a.conversation_id) in dump
+    assert str(b.conversation_id) not in dump
+
+
+async def test_query_to_xml_returns_only_the_declared_conversation(
+    declared_a: tuple[asyncpg.Connection, Conversation, Conversation],
+) -> None:
+    raw, a, b = declared_a
+    try:
+        await raw.execute("SAVEPOINT probe; SELECT '<x/>'::xml; RELEASE SAVEPOINT probe")
+    except asyncpg.FeatureNotSupportedError:
+        pytest.skip("this server was built without libxml: query_to_xml cannot run here at all")
+    xml = await raw.fetchval("SELECT query_to_xml('SELECT * FROM wake_fires', true, false, '')::text")
+    assert str(a.conversation_id) in xml
+    assert str(b.conversation_id) not in xml
+
+
+async def test_a_view_and_an_invoker_function_of_the_application_role_see_only_the_declared(
+    declared_a: tuple[asyncpg.Connection, Conversation, Conversation],
+) -> None:
+    raw, a, _ = declared_a
+    await raw.execute("CREATE TEMP VIEW every_fire AS SELECT conversation_id FROM public.wake_fires")
+    await raw.execute(
+        "CREATE FUNCTION pg_temp.every_schedule() RETURNS SETOF uuid LANGUAGE sql SECURITY INVOKER"
+        " AS 'SELECT conversation_id FROM public.agent_wake_schedules'"
+    )
+    assert {row[0] for row in await raw.fetch("SELECT conversation_id FROM every_fire")} == {a.conversation_id}
+    assert {row[0] for row in await raw.fetch("SELECT * FROM pg_temp.every_schedule()")} == {a.conversation_id}
+
+
+async def test_pg_stats_shows_nothing_of_the_wake_tables(
+    wake_maintenance_sessions: async_sessionmaker[AsyncSession],
+    wake_database_url: str,
+    declared_a: tuple[asyncpg.Connection, Conversation, Conversation],
+) -> None:
+    raw, _, b = declared_a
+    owner = create_async_engine(wake_database_url)
+    try:
+        async with owner.connect() as connection:
+            await connection.execute(text("ANALYZE wake_fires, agent_wake_schedules, webhook_subscriptions"))
+    finally:
+        await owner.dispose()
+    stats = await raw.fetch(
+        "SELECT most_common_vals::text, histogram_bounds::text FROM pg_stats"
+        " WHERE tablename IN ('wake_fires', 'agent_wake_schedules', 'webhook_subscriptions')"
+    )
+    assert stats == []
+    assert str(b.conversation_id) not in str(await raw.fetch("SELECT * FROM pg_stats_ext"))
+
+
+async def test_hostile_writes_change_nothing_of_another_conversation(
+    wake_maintenance_sessions: async_sessionmaker[AsyncSession],
+    declared_a: tuple[asyncpg.Connection, Conversation, Conversation],
+) -> None:
+    raw, a, b = declared_a
+    before = await _b_fire_as_stored(wake_maintenance_sessions, b)
+    assert await raw.execute("UPDATE wake_fires SET output_text = 'overwritten'") == "UPDATE 1"
+    await raw.execute("CREATE TEMP TABLE trap (x int)")
+    await raw.execute("CREATE RULE trap_rule AS ON INSERT TO trap DO ALSO DELETE FROM public.wake_fires")
+    await raw.execute("INSERT INTO trap VALUES (1)")
+    assert await raw.execute("DELETE FROM agent_wake_schedules") == "DELETE 1"
+    await raw.execute("COMMIT")
+    assert await _b_fire_as_stored(wake_maintenance_sessions, b) == before
+    async with wake_maintenance_sessions() as session:
+        assert await WakeScheduleRepository(session).get(b.conversation_id, b.schedule_id) is not None
+        assert await WakeScheduleRepository(session).get(a.conversation_id, a.schedule_id) is None
+
+
+@pytest.mark.parametrize(
+    ("statement", "refusal"),
+    [
+        ("UPDATE agent_wake_schedules SET conversation_id = '{b}'", "row-level security"),
+        (
+            "INSERT INTO wake_fires (conversation_id, fire_id, status, actual_fired_at)"
+            " VALUES ('{b}', gen_random_uuid(), 'fired', now())",
+            "row-level security",
+        ),
+        ("TRUNCATE wake_fires", "permission denied"),
+        ("SET row_security = off; SELECT * FROM wake_fires", "row-level security"),
+        ("SET ROLE {maintenance}", "permission denied"),
+        ("ALTER TABLE wake_fires DISABLE ROW LEVEL SECURITY", "must be owner"),
+        ("DROP POLICY agent_wake_declared_conversations ON wake_fires", "must be owner"),
+        ("SELECT * FROM agent_wake_security.declaration_key", "permission denied"),
+        ("UPDATE agent_wake_security.backend_declarations SET granted = '{{{b}}}'", "permission denied"),
+        (
+            "CREATE TRIGGER spy BEFORE UPDATE ON public.wake_fires"
+            " FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger()",
+            "permission denied",
+        ),
+    ],
+)
+async def test_escapes_from_the_policies_are_refused(
+    wake_row_security: RowSecurityRoles,
+    declared_a: tuple[asyncpg.Connection, Conversation, Conversation],
+    statement: str,
+    refusal: str,
+) -> None:
+    raw, _, b = declared_a
+    with pytest.raises(asyncpg.PostgresError, match=refusal):
+        await raw.execute(statement.format(b=b.conversation_id, maintenance=wake_row_security.maintenance_role))
+
+
+async def test_a_foreign_key_to_a_wake_table_cannot_probe_for_ids(
+    wake_row_security: RowSecurityRoles,
+    wake_database_url: str,
+    declared_a: tuple[asyncpg.Connection, Conversation, Conversation],
+) -> None:
+    raw, _, _ = declared_a
+    schema = f"probe_{uuid.uuid4().hex[:10]}"
+    owner = create_async_engine(wake_database_url)
+    try:
+        async with owner.begin() as connection:
+            await connection.exec_driver_sql(
+                f"CREATE SCHEMA {schema} AUTHORIZATION {wake_row_security.application_role}"
+            )
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
+            await raw.execute(f"CREATE TABLE {schema}.probe (fire_id uuid REFERENCES public.wake_fires (fire_id))")
+    finally:
+        async with owner.begin() as connection:
+            await connection.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        await owner.dispose()
+
+
+# --- forging and replaying a declaration -----------------------------------------------------
+
+
+def _signature(key: bytes, pid: int, started: int, counter: int, ids: list[uuid.UUID]) -> bytes:
+    """The declaration as the application computes it (RFC 2104 HMAC-SHA256, Python's own)."""
+    message = f"{pid}|{started}|{counter}|{','.join(map(str, ids))}".encode()
+    return hmac.new(key, message, hashlib.sha256).digest()
+
+
+async def _application_connection(roles: RowSecurityRoles) -> asyncpg.Connection:
+    return await asyncpg.connect(roles.application_url.replace("postgresql+asyncpg://", "postgresql://"))
+
+
+async def _backend(connection: asyncpg.Connection) -> tuple[int, int]:
+    row = await connection.fetchrow(
+        "SELECT pid, (extract(epoch FROM backend_start) * 1000000)::bigint AS started"
+        " FROM pg_stat_get_activity(pg_backend_pid())"
+    )
+    assert row is not None
+    return row["pid"], row["started"]
+
+
+_DECLARE = "SELECT agent_wake_security.declare_conversations($1, $2, $3)"
+_COUNT_FIRES = "SELECT count(*) FROM wake_fires"
+
+
+async def test_a_correct_signature_declares(
+    wake_row_security: RowSecurityRoles, conversations: tuple[Conversation, Conversation]
+) -> None:
+    _, b = conversations
+    connection = await _application_connection(wake_row_security)
+    try:
+        pid, started = await _backend(connection)
+        async with connection.transaction():
+            signature = _signature(wake_row_security.key, pid, started, 1, [b.conversation_id])
+            await connection.execute(_DECLARE, [b.conversation_id], 1, signature)
+            assert await connection.fetchval(_COUNT_FIRES) == 1
+    finally:
+        await connection.close()
+
+
+@pytest.mark.parametrize("forgery", ["random bytes", "another key", "the right key, another conversation's ids"])
+async def test_a_forged_declaration_is_refused(
+    wake_row_security: RowSecurityRoles, conversations: tuple[Conversation, Conversation], forgery: str
+) -> None:
+    a, b = conversations
+    connection = await _application_connection(wake_row_security)
+    try:
+        pid, started = await _backend(connection)
+        signature = {
+            "random bytes": bytes(32),
+            "another key": _signature(b"k" * 32, pid, started, 1, [b.conversation_id]),
+            "the right key, another conversation's ids": _signature(
+                wake_row_security.key, pid, started, 1, [a.conversation_id]
+            ),
+        }[forgery]
+        async with connection.transaction():
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="signature does not match"):
+                await connection.execute(_DECLARE, [b.conversation_id], 1, signature)
+        assert await connection.fetchval(_COUNT_FIRES) == 0
+    finally:
+        await connection.close()
+
+
+async def test_a_declaration_made_for_another_backend_is_refused(
+    wake_row_security: RowSecurityRoles, conversations: tuple[Conversation, Conversation]
+) -> None:
+    _, b = conversations
+    victim, attacker = (
+        await _application_connection(wake_row_security),
+        await _application_connection(wake_row_security),
+    )
+    try:
+        pid, started = await _backend(victim)
+        seen = ([b.conversation_id], 1, _signature(wake_row_security.key, pid, started, 1, [b.conversation_id]))
+        async with attacker.transaction():
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="signature does not match"):
+                await attacker.execute(_DECLARE, *seen)
+    finally:
+        await victim.close()
+        await attacker.close()
+
+
+async def test_a_used_declaration_cannot_be_replayed_on_its_backend(
+    wake_row_security: RowSecurityRoles, conversations: tuple[Conversation, Conversation]
+) -> None:
+    _, b = conversations
+    connection = await _application_connection(wake_row_security)
+    try:
+        pid, started = await _backend(connection)
+        declaration = ([b.conversation_id], 7, _signature(wake_row_security.key, pid, started, 7, [b.conversation_id]))
+        async with connection.transaction():
+            await connection.execute(_DECLARE, *declaration)
+        async with connection.transaction():
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="counter was already used"):
+                await connection.execute(_DECLARE, *declaration)
+        older = ([b.conversation_id], 6, _signature(wake_row_security.key, pid, started, 6, [b.conversation_id]))
+        async with connection.transaction():
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="counter was already used"):
+                await connection.execute(_DECLARE, *older)
+        assert await connection.fetchval(_COUNT_FIRES) == 0
+    finally:
+        await connection.close()
+
+
+async def test_pg_stat_activity_shows_no_declaration_values(
+    wake_row_security: RowSecurityRoles,
+    wake_application_sessions: async_sessionmaker[AsyncSession],
+    conversations: tuple[Conversation, Conversation],
+) -> None:
+    a, _ = conversations
+    observer = await _application_connection(wake_row_security)
+    try:
+        async with wake_application_sessions() as session:
+            await declare_conversations(session, [a.conversation_id])
+            raw = (await (await session.connection()).get_raw_connection()).driver_connection
+            seen = await observer.fetchval("SELECT query FROM pg_stat_activity WHERE pid = $1", raw.get_server_pid())
+        assert "declare_conversations($1" in seen
+        assert str(a.conversation_id) not in seen
+    finally:
+        await observer.close()
+
+
+# --- installing and switching on -------------------------------------------------------------
+
+
+async def test_a_key_of_the_wrong_size_is_refused(wake_application_sessions: async_sessionmaker[AsyncSession]) -> None:
+    async with wake_application_sessions() as session:
+        with pytest.raises(InvalidInputError) as refused:
+            use_row_security(session, b"short")
+    assert refused.value.field == "key"
