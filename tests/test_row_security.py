@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,18 +15,25 @@ from typing import Any
 import asyncpg
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker, create_async_engine
 
 from agent_wake import (
+    DatabaseTimeoutError,
     InvalidInputError,
     RowSecurityError,
     SecretBox,
     WakeFireRepository,
     WakeScheduleRepository,
     WebhookSubscriptionRepository,
+    create_engine_and_session_factory,
     declare_conversations,
+    enforce_row_security,
+    generate_declaration_key,
+    install_row_security,
     use_row_security,
 )
+from agent_wake.testing import ScratchDatabases, migrate_to_head
 from agent_wake.testing.row_security_roles import RowSecurityRoles
 
 pytestmark = pytest.mark.asyncio
@@ -479,3 +487,120 @@ async def test_a_key_of_the_wrong_size_is_refused(wake_application_sessions: asy
         with pytest.raises(InvalidInputError) as refused:
             use_row_security(session, b"short")
     assert refused.value.field == "key"
+
+
+@asynccontextmanager
+async def _login_roles(database_url: str, *names: str) -> AsyncIterator[dict[str, str]]:
+    """Login roles made for one test (no password: the test server trusts local connections); their URLs."""
+    owner = create_async_engine(database_url)
+    try:
+        async with owner.begin() as connection:
+            for name in names:
+                await connection.exec_driver_sql(f"CREATE ROLE {name} LOGIN")
+        yield {name: make_url(database_url).set(username=name).render_as_string(False) for name in names}
+    finally:
+        async with owner.begin() as connection:
+            await connection.exec_driver_sql(f"DROP OWNED BY {', '.join(names)}")
+            await connection.exec_driver_sql(f"DROP ROLE {', '.join(names)}")
+        await owner.dispose()
+
+
+async def _row_security_switched_on(connection: AsyncConnection) -> list[bool]:
+    found = await connection.execute(
+        text(
+            "SELECT relrowsecurity AND relforcerowsecurity FROM pg_class"
+            " WHERE oid IN ('agent_wake_schedules'::regclass, 'wake_fires'::regclass,"
+            " 'webhook_subscriptions'::regclass)"
+        )
+    )
+    return list(found.scalars())
+
+
+async def test_switching_on_waits_for_no_long_transaction_and_the_application_keeps_working(
+    scratch_databases: ScratchDatabases,
+) -> None:
+    scratch_databases.migrate = migrate_to_head
+    url = await scratch_databases.create()
+    suffix = uuid.uuid4().hex[:8]
+    application, maintenance = f"switch_app_{suffix}", f"switch_maintenance_{suffix}"
+    key = generate_declaration_key()
+    async with _login_roles(url, application, maintenance) as urls:
+        owner = create_async_engine(url)
+        engine, sessions = create_engine_and_session_factory(urls[application])
+        use_row_security(sessions, key)
+        try:
+            async with owner.begin() as connection:
+                await connection.run_sync(
+                    install_row_security, key=key, application_role=application, maintenance_role=maintenance
+                )
+            # The application declares before anything is enforced: nothing changes for it.
+            async with sessions() as session:
+                created = await _seed(session, SecretBox.from_keys(SecretBox.generate_key()), "deltaword")
+                await session.commit()
+
+            async with sessions() as long_running:
+                schedules = WakeScheduleRepository(long_running)
+                assert await schedules.get(created.conversation_id, created.schedule_id) is not None
+                async with owner.connect() as connection:
+                    with pytest.raises(DatabaseTimeoutError):
+                        await connection.run_sync(enforce_row_security, lock_timeout_ms=200)
+                    await connection.rollback()
+                    assert await _row_security_switched_on(connection) == [False, False, False]
+                await schedules.pause(created.conversation_id, created.schedule_id)
+                await long_running.commit()
+
+            async with owner.begin() as connection:
+                await connection.run_sync(enforce_row_security, lock_timeout_ms=200)
+                assert await _row_security_switched_on(connection) == [True, True, True]
+            async with sessions() as session:
+                resumed = await WakeScheduleRepository(session).resume(
+                    created.conversation_id, created.schedule_id, next_fire_at=datetime.now(UTC)
+                )
+                assert resumed.status == "active"
+                raw = (await (await session.connection()).get_raw_connection()).driver_connection
+                assert (
+                    await raw.fetchval(
+                        "SELECT count(*) FROM wake_fires WHERE conversation_id <> $1", created.conversation_id
+                    )
+                    == 0
+                )
+        finally:
+            await engine.dispose()
+            await owner.dispose()
+
+
+async def test_install_refuses_roles_that_could_step_around_the_policies(scratch_databases: ScratchDatabases) -> None:
+    scratch_databases.migrate = migrate_to_head
+    url = await scratch_databases.create()
+    suffix = uuid.uuid4().hex[:8]
+    application, maintenance, member = f"refused_app_{suffix}", f"refused_maintenance_{suffix}", f"member_{suffix}"
+    key = generate_declaration_key()
+    async with _login_roles(url, application, maintenance, member) as _:
+        owner = create_async_engine(url)
+        try:
+            async with owner.begin() as connection:
+                await connection.exec_driver_sql(f"GRANT {maintenance} TO {member}")
+            cases = {
+                "the same role twice": (application, application, "must differ from maintenance_role"),
+                "a superuser": ("postgres", maintenance, "must not be a superuser"),
+                "a member of the maintenance role": (member, maintenance, f"member of '{maintenance}'"),
+                "a role that does not exist": (f"nobody_{suffix}", maintenance, "must name an existing role"),
+            }
+            for case, (application_role, maintenance_role, rule) in cases.items():
+                async with owner.begin() as connection:
+                    with pytest.raises(InvalidInputError) as refused:
+                        await connection.run_sync(
+                            install_row_security,
+                            key=key,
+                            application_role=application_role,
+                            maintenance_role=maintenance_role,
+                        )
+                    assert refused.value.field in {"application_role", "maintenance_role"}, case
+                    assert rule in refused.value.rule, case
+                    installed = await connection.execute(text("SELECT to_regnamespace('agent_wake_security')"))
+                    assert installed.scalar() is None, case
+            async with owner.begin() as connection:
+                with pytest.raises(InvalidInputError, match="run install_row_security first"):
+                    await connection.run_sync(enforce_row_security)
+        finally:
+            await owner.dispose()
