@@ -114,7 +114,7 @@ CREATE TABLE IF NOT EXISTS {SECURITY_SCHEMA}.declaration_key (
 )
 """,
     f"""
-CREATE TABLE IF NOT EXISTS {SECURITY_SCHEMA}.backend_declarations (
+CREATE UNLOGGED TABLE IF NOT EXISTS {SECURITY_SCHEMA}.backend_declarations (
     pid integer PRIMARY KEY,
     backend_start bigint NOT NULL,
     last_counter bigint NOT NULL,
