@@ -46,7 +46,9 @@ from agent_wake.testing.row_security_roles import create_row_security_roles, dro
 Operation = Callable[[AsyncSession, int], Awaitable[Any]]
 
 
-async def _transactions_per_second(sessions: async_sessionmaker[AsyncSession], operation: Operation, count: int) -> float:
+async def _transactions_per_second(
+    sessions: async_sessionmaker[AsyncSession], operation: Operation, count: int
+) -> float:
     started = time.perf_counter()
     for index in range(count):
         async with sessions() as session:
@@ -114,7 +116,9 @@ async def main(conversations: int, rounds: int, block: int) -> dict[str, Any]:
                 await connection.execute(text("DELETE FROM wake_fires"))
 
         claim_batches = max(1, len(keys) // 200 - 1)
-        paths: dict[str, dict[str, list[float]]] = {name: {"off": [], "on": []} for name in ("get", "create", "claim_due")}
+        paths: dict[str, dict[str, list[float]]] = {
+            name: {"off": [], "on": []} for name in ("get", "create", "claim_due")
+        }
         for round_number in range(rounds + 1):
             sides = ("off", "on") if round_number % 2 == 0 else ("on", "off")
             for side in sides:
