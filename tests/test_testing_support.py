@@ -22,6 +22,11 @@ from agent_wake.secret_box import SecretBox
 from agent_wake.testing import ScratchDatabase, WakeFactory, capture_sql, execute_autocommit
 from agent_wake.testing.databases import drop_abandoned_databases
 from agent_wake.testing.pytest_plugin import TestServer
+from agent_wake.testing.row_security_roles import (
+    create_row_security_roles,
+    drop_orphaned_test_roles,
+    drop_row_security_roles,
+)
 
 WAKE_TABLES = {"agent_wake_schedules", "wake_fires", "webhook_subscriptions"}
 
@@ -284,3 +289,22 @@ def test_capture_sql_refuses_what_sends_no_sql() -> None:
     with pytest.raises(InvalidInputError) as caught, capture_sql("postgresql://"):  # type: ignore[arg-type]
         pass
     assert caught.value.field == "target"
+
+
+async def test_test_roles_are_dropped_once_their_database_is_gone_and_kept_while_it_exists(
+    wake_server: TestServer,
+) -> None:
+    async with ScratchDatabase(wake_server.url, prefix="agent_wake_support") as url:
+        roles = await create_row_security_roles(url)
+        try:
+            assert roles.application_role not in await drop_orphaned_test_roles(wake_server.url)
+            assert roles.application_role in await fetch_column(wake_server.url, "SELECT rolname FROM pg_roles")
+        except BaseException:
+            await drop_row_security_roles(url, roles)
+            raise
+    # The database went as a killed run's would (its roles' grants with it); the roles stayed.
+    # (Another test session starting on this server may drop them first: it runs the same cleanup.)
+    await drop_orphaned_test_roles(wake_server.url)
+    remaining = await fetch_column(wake_server.url, "SELECT rolname FROM pg_roles")
+    assert roles.application_role not in remaining
+    assert roles.maintenance_role not in remaining
