@@ -20,14 +20,15 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "agent_wake"
 # The tick's scan and claim, the webhook receiver's lookup and the recovery
 # job's scan (prebuilt statements, named by their key in
 # _statements.PREBUILT), and the pytest plugin's (testing/pytest_plugin.py)
-# teardown that empties the wake tables after a wake_engine test (a function).
+# teardown that empties the wake tables after a test of wake_engine or of the
+# row-level-security session fixtures (a function).
 DOCUMENTED_CROSS_PARTITION_SITES = {
     "schedules.list_due",
     "schedules.claim_lock",
     "schedules.claim_lock_excluding",
     "subscriptions.find_by_id",
     "fires.list_stale_dispatching",
-    "wake_engine",
+    "_empty_tables",
 }
 SPAN_NAMES = {"spans_partitions", "PartitionSpan"}
 
@@ -77,7 +78,7 @@ def test_only_the_documented_cross_partition_sites_span_partitions() -> None:
 
 
 def test_the_plugin_teardown_span_is_found_in_the_testing_package() -> None:
-    modules = {module for module, function, _ in spans_partitions_call_sites() if function == "wake_engine"}
+    modules = {module for module, function, _ in spans_partitions_call_sites() if function == "_empty_tables"}
     assert modules == {"testing/pytest_plugin.py"}
 
 

@@ -550,8 +550,10 @@ async def test_switching_on_waits_for_no_long_transaction_and_the_application_ke
                 await long_running.commit()
 
             async with owner.begin() as connection:
+                await connection.execute(text("SET LOCAL lock_timeout = '7s'"))
                 await connection.run_sync(enforce_row_security, lock_timeout_ms=200)
                 assert await _row_security_switched_on(connection) == [True, True, True]
+                assert (await connection.execute(text("SHOW lock_timeout"))).scalar() == "7s"  # the caller's again
             async with sessions() as session:
                 resumed = await WakeScheduleRepository(session).resume(
                     created.conversation_id, created.schedule_id, next_fire_at=datetime.now(UTC)

@@ -280,7 +280,7 @@ def install_row_security(
     application, maintenance = quote(roles.application), quote(roles.maintenance)
     with translate_database_errors():
         _check_roles(connection, roles, tables)
-        connection.exec_driver_sql(f"SET LOCAL lock_timeout = {timeout}")
+        previous_lock_timeout = _set_lock_timeout(connection, f"{timeout}ms")
         for statement in _INSTALL_STATEMENTS:
             connection.exec_driver_sql(statement)
         connection.execute(
@@ -321,6 +321,7 @@ def install_row_security(
                 f"CREATE POLICY {_POLICY_MAINTENANCE} ON {table} TO {maintenance} USING (true) WITH CHECK (true)",
             ):
                 connection.exec_driver_sql(statement)
+        _set_lock_timeout(connection, previous_lock_timeout)
 
 
 def enforce_row_security(
@@ -360,7 +361,7 @@ def enforce_row_security(
                 raise InvalidInputError(
                     "connection", f"has no agent-wake policies on {', '.join(missing)}: run install_row_security first"
                 )
-        connection.exec_driver_sql(f"SET LOCAL lock_timeout = {timeout}")
+        previous_lock_timeout = _set_lock_timeout(connection, f"{timeout}ms")
         action = (
             "ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY"
             if enabled
@@ -368,6 +369,15 @@ def enforce_row_security(
         )
         for table in tables:
             connection.exec_driver_sql(f"ALTER TABLE {table} {action}")
+        _set_lock_timeout(connection, previous_lock_timeout)
+
+
+def _set_lock_timeout(connection: Connection, value: str) -> str:
+    """Set lock_timeout for the rest of the caller's transaction; returns the value it had."""
+    previous: str = connection.execute(
+        text("SELECT current_setting('lock_timeout'), set_config('lock_timeout', :value, true)"), {"value": value}
+    ).one()[0]
+    return previous
 
 
 def _pads(key: bytes) -> tuple[bytes, bytes]:
