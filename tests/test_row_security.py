@@ -250,17 +250,47 @@ async def test_query_to_xml_returns_only_the_declared_conversation(
     assert str(b.conversation_id) not in xml
 
 
-async def test_a_view_and_an_invoker_function_of_the_application_role_see_only_the_declared(
+async def test_a_security_invoker_view_and_function_see_only_the_declared(
+    wake_row_security: RowSecurityRoles,
+    wake_database_url: str,
     declared_a: tuple[asyncpg.Connection, Conversation, Conversation],
 ) -> None:
     raw, a, _ = declared_a
-    await raw.execute("CREATE TEMP VIEW every_fire AS SELECT conversation_id FROM public.wake_fires")
-    await raw.execute(
-        "CREATE FUNCTION pg_temp.every_schedule() RETURNS SETOF uuid LANGUAGE sql SECURITY INVOKER"
-        " AS 'SELECT conversation_id FROM public.agent_wake_schedules'"
-    )
-    assert {row[0] for row in await raw.fetch("SELECT conversation_id FROM every_fire")} == {a.conversation_id}
-    assert {row[0] for row in await raw.fetch("SELECT * FROM pg_temp.every_schedule()")} == {a.conversation_id}
+    suffix = uuid.uuid4().hex[:8]
+    view, function = f"every_fire_{suffix}", f"every_schedule_{suffix}"
+    owner = create_async_engine(wake_database_url)
+    try:
+        async with owner.begin() as connection:
+            await connection.exec_driver_sql(
+                f"CREATE VIEW {view} WITH (security_invoker = true) AS SELECT conversation_id FROM wake_fires"
+            )
+            await connection.exec_driver_sql(
+                f"CREATE FUNCTION {function}() RETURNS SETOF uuid LANGUAGE sql SECURITY INVOKER"
+                " AS 'SELECT conversation_id FROM public.agent_wake_schedules'"
+            )
+            await connection.exec_driver_sql(f"GRANT SELECT ON {view} TO {wake_row_security.application_role}")
+        assert {row[0] for row in await raw.fetch(f"SELECT conversation_id FROM {view}")} == {a.conversation_id}
+        assert {row[0] for row in await raw.fetch(f"SELECT * FROM {function}()")} == {a.conversation_id}
+    finally:  # they stay (named for this test) until the session's database goes: the test's transaction uses them
+        await owner.dispose()
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "CREATE TEMP VIEW agent_wake_schedules AS SELECT * FROM public.agent_wake_schedules",
+        "CREATE TEMP TABLE loot (x int)",
+        "CREATE FUNCTION pg_temp.grab() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+        "CREATE TABLE public.loot (x int)",
+        "CREATE SCHEMA loot",
+    ],
+)
+async def test_the_application_role_cannot_create_objects_that_shadow_the_tables(
+    declared_a: tuple[asyncpg.Connection, Conversation, Conversation], statement: str
+) -> None:
+    raw, _, _ = declared_a
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
+        await raw.execute(statement)
 
 
 async def test_pg_stats_shows_nothing_of_the_wake_tables(
@@ -290,9 +320,6 @@ async def test_hostile_writes_change_nothing_of_another_conversation(
     raw, a, b = declared_a
     before = await _b_fire_as_stored(wake_maintenance_sessions, b)
     assert await raw.execute("UPDATE wake_fires SET output_text = 'overwritten'") == "UPDATE 1"
-    await raw.execute("CREATE TEMP TABLE trap (x int)")
-    await raw.execute("CREATE RULE trap_rule AS ON INSERT TO trap DO ALSO DELETE FROM public.wake_fires")
-    await raw.execute("INSERT INTO trap VALUES (1)")
     assert await raw.execute("DELETE FROM agent_wake_schedules") == "DELETE 1"
     await raw.execute("COMMIT")
     assert await _b_fire_as_stored(wake_maintenance_sessions, b) == before
@@ -311,6 +338,7 @@ async def test_hostile_writes_change_nothing_of_another_conversation(
             "row-level security",
         ),
         ("TRUNCATE wake_fires", "permission denied"),
+        ("MERGE INTO wake_fires f USING (SELECT 1) s ON true WHEN MATCHED THEN DELETE", "row-level security"),
         ("SET row_security = off; SELECT * FROM wake_fires", "row-level security"),
         ("SET ROLE {maintenance}", "permission denied"),
         ("ALTER TABLE wake_fires DISABLE ROW LEVEL SECURITY", "must be owner"),
@@ -491,10 +519,15 @@ async def test_a_key_of_the_wrong_size_is_refused(wake_application_sessions: asy
 
 @asynccontextmanager
 async def _login_roles(database_url: str, *names: str) -> AsyncIterator[dict[str, str]]:
-    """Login roles made for one test (no password: the test server trusts local connections); their URLs."""
+    """Login roles made for one test (no password: the test server trusts local connections); their URLs.
+
+    PUBLIC loses TEMPORARY on the database, as an application role must not have it."""
     owner = create_async_engine(database_url)
     try:
         async with owner.begin() as connection:
+            await connection.exec_driver_sql(
+                f'REVOKE TEMPORARY ON DATABASE "{make_url(database_url).database}" FROM PUBLIC'
+            )
             for name in names:
                 await connection.exec_driver_sql(f"CREATE ROLE {name} LOGIN")
         yield {name: make_url(database_url).set(username=name).render_as_string(False) for name in names}
@@ -574,18 +607,42 @@ async def test_switching_on_waits_for_no_long_transaction_and_the_application_ke
 async def test_install_refuses_roles_that_could_step_around_the_policies(scratch_databases: ScratchDatabases) -> None:
     scratch_databases.migrate = migrate_to_head
     url = await scratch_databases.create()
+    database = make_url(url).database
     suffix = uuid.uuid4().hex[:8]
-    application, maintenance, member = f"refused_app_{suffix}", f"refused_maintenance_{suffix}", f"member_{suffix}"
+    application, maintenance = f"refused_app_{suffix}", f"refused_maintenance_{suffix}"
+    member, creator, bypasser, via_bypass = (f"{kind}_{suffix}" for kind in ("member", "creator", "bypass", "via"))
+    temporary, schema_creator = f"temporary_{suffix}", f"schema_creator_{suffix}"
     key = generate_declaration_key()
-    async with _login_roles(url, application, maintenance, member) as _:
+    roles = (application, maintenance, member, creator, bypasser, via_bypass, temporary, schema_creator)
+    async with _login_roles(url, *roles) as _:
         owner = create_async_engine(url)
         try:
             async with owner.begin() as connection:
-                await connection.exec_driver_sql(f"GRANT {maintenance} TO {member}")
+                for statement in (
+                    f"GRANT {maintenance} TO {member}",
+                    f"ALTER ROLE {creator} CREATEROLE",
+                    f"ALTER ROLE {bypasser} BYPASSRLS",
+                    f"GRANT {bypasser} TO {via_bypass}",
+                    f'GRANT TEMPORARY ON DATABASE "{database}" TO {temporary}',
+                    f"GRANT CREATE ON SCHEMA public TO {schema_creator}",
+                ):
+                    await connection.exec_driver_sql(statement)
             cases = {
                 "the same role twice": (application, application, "must differ from maintenance_role"),
-                "a superuser": ("postgres", maintenance, "must not be a superuser"),
-                "a member of the maintenance role": (member, maintenance, f"member of '{maintenance}'"),
+                "a superuser": ("postgres", maintenance, "it is a superuser"),
+                "a member of the maintenance role": (
+                    member,
+                    maintenance,
+                    f"is the maintenance role (through its membership of '{maintenance}')",
+                ),
+                "CREATEROLE": (creator, maintenance, "it has CREATEROLE"),
+                "a member of a BYPASSRLS role": (
+                    via_bypass,
+                    maintenance,
+                    f"has BYPASSRLS (through its membership of '{bypasser}')",
+                ),
+                "TEMPORARY": (temporary, maintenance, "can create temporary objects"),
+                "CREATE on a schema": (schema_creator, maintenance, "can create objects in schema public"),
                 "a role that does not exist": (f"nobody_{suffix}", maintenance, "must name an existing role"),
             }
             for case, (application_role, maintenance_role, rule) in cases.items():
@@ -604,5 +661,65 @@ async def test_install_refuses_roles_that_could_step_around_the_policies(scratch
             async with owner.begin() as connection:
                 with pytest.raises(InvalidInputError, match="run install_row_security first"):
                     await connection.run_sync(enforce_row_security)
+            async with owner.begin() as connection:  # the same roles, none of them refused, install
+                await connection.run_sync(
+                    install_row_security, key=key, application_role=application, maintenance_role=maintenance
+                )
         finally:
             await owner.dispose()
+
+
+async def test_a_declaration_answered_by_a_replaced_statement_closes_the_connection(
+    wake_row_security: RowSecurityRoles, conversations: tuple[Conversation, Conversation]
+) -> None:
+    a, _ = conversations
+    engine, sessions = create_engine_and_session_factory(wake_row_security.application_url, pool_size=1, max_overflow=0)
+    use_row_security(sessions, wake_row_security.key)
+    try:
+        async with sessions() as session:
+            assert await WakeScheduleRepository(session).get(a.conversation_id, a.schedule_id) is not None
+            raw = (await (await session.connection()).get_raw_connection()).driver_connection
+            hijacked_backend = raw.get_server_pid()
+            # Hostile SQL on the same pooled connection puts its own statement under the driver's name.
+            name = await raw.fetchval(
+                "SELECT name FROM pg_prepared_statements WHERE statement LIKE '%declare_conversations%'"
+            )
+            await raw.execute(f'DEALLOCATE "{name}"')
+            await raw.execute(f'PREPARE "{name}"(uuid[], bigint, bytea) AS SELECT NULL::bytea')
+            await session.commit()
+        async with sessions() as session:
+            with pytest.raises(RowSecurityError, match="not acknowledged"):
+                await WakeScheduleRepository(session).get(a.conversation_id, a.schedule_id)
+        async with sessions() as session:  # a new connection, and the hijacked backend has ended
+            assert await WakeScheduleRepository(session).get(a.conversation_id, a.schedule_id) is not None
+            raw = (await (await session.connection()).get_raw_connection()).driver_connection
+            assert raw.get_server_pid() != hijacked_backend
+            assert await raw.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", hijacked_backend) == 0
+    finally:
+        await engine.dispose()
+
+
+async def test_free_text_and_secret_columns_keep_no_planner_statistics(
+    wake_row_security: RowSecurityRoles, wake_database_url: str, conversations: tuple[Conversation, Conversation]
+) -> None:
+    owner = create_async_engine(wake_database_url)
+    try:
+        async with owner.connect() as connection:
+            await connection.execute(text("ANALYZE wake_fires, agent_wake_schedules, webhook_subscriptions"))
+            sampled = await connection.execute(
+                text(
+                    "SELECT tablename || '.' || attname FROM pg_stats"
+                    " WHERE tablename IN ('wake_fires', 'agent_wake_schedules', 'webhook_subscriptions')"
+                )
+            )
+            columns = set(sampled.scalars())
+    finally:
+        await owner.dispose()
+    assert "wake_fires.conversation_id" in columns  # the planner keeps what our queries filter on
+    for column in (
+        "wake_fires.output_text",
+        "agent_wake_schedules.task_prompt",
+        "agent_wake_schedules.name",
+        "webhook_subscriptions.secret_ciphertext",
+    ):
+        assert column not in columns

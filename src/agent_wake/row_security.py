@@ -24,15 +24,16 @@ or a hole in its own reading. This layer is the server's enforcement, opt-in:
   recorded as used). The grant is bound to the transaction's id; the
   policies check it once per statement.
 
-What the application role sends, however hostile, then reads and changes
-only rows of conversations this transaction declared. A declaration whose
-transaction rolled back is not recorded as used (nothing a rolled-back
-transaction wrote survives): whoever learnt its bind parameters (the
-server log with parameter logging, the wire) could replay it in a later
-transaction of the same backend. Counts are not hidden: ``EXPLAIN ANALYZE``
-row counts, ``pg_class.reltuples`` and ``pg_stat_user_tables`` tell how many
-rows a table holds, and a unique or foreign key check tells whether an id
-exists anywhere (PostgreSQL's RLS documents both).
+What SQL sent by the application role reads or changes is then confined to
+the conversations its transaction declared; the declaration function
+answers with an acknowledgement only it can compute, and a session that
+gets none (its statement was replaced by SQL sent earlier on the
+connection) closes the connection. Not covered (the README's "Row-level
+security" says more): counts and the existence of a value (EXPLAIN, unique
+and foreign-key checks); queries of the service replaced by hostile SQL
+earlier on the same connection (run untrusted SQL on a connection closed
+afterwards); the replay of a rolled-back declaration by someone who learnt
+its bind parameters outside SQL.
 """
 
 import hashlib
@@ -41,7 +42,7 @@ import os
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from sqlalchemy import ARRAY, BigInteger, Connection, LargeBinary, bindparam, text
 from sqlalchemy.dialects.postgresql import UUID
@@ -50,7 +51,7 @@ from sqlalchemy.orm import SessionTransaction
 
 from agent_wake import _validation as check
 from agent_wake.database import validate_schema_name
-from agent_wake.errors import InvalidInputError, translate_database_errors
+from agent_wake.errors import InvalidInputError, RowSecurityError, translate_database_errors
 from agent_wake.models import PARTITION_COLUMN, WAKE_TABLES
 
 __all__ = [
@@ -79,9 +80,8 @@ _DECLARE: Final = text(
     bindparam("counter", type_=BigInteger()),
     bindparam("signature", type_=LargeBinary()),
 )
-_BACKEND_IDENTITY: Final = text(
-    "SELECT pid, (extract(epoch FROM backend_start) * 1000000)::bigint AS started"
-    " FROM pg_stat_get_activity(pg_backend_pid())"
+_BACKEND_START: Final = text(
+    "SELECT (extract(epoch FROM backend_start) * 1000000)::bigint FROM pg_stat_get_activity(pg_backend_pid())"
 )
 
 
@@ -126,7 +126,7 @@ CREATE UNLOGGED TABLE IF NOT EXISTS {SECURITY_SCHEMA}.backend_declarations (
     f"""
 CREATE OR REPLACE FUNCTION {SECURITY_SCHEMA}.declare_conversations(
     conversation_ids uuid[], counter bigint, signature bytea
-) RETURNS void
+) RETURNS bytea
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $body$
@@ -170,6 +170,9 @@ BEGIN
         RAISE EXCEPTION 'agent_wake: declaration refused: its counter was already used on this backend'
             USING ERRCODE = 'insufficient_privilege';
     END IF;
+    -- The acknowledgement: proof for the application that this function, not a statement put in its
+    -- place, received the declaration.
+    RETURN sha256(pads.outer_pad || sha256(pads.inner_pad || convert_to('ack|', 'UTF8') || message));
 END
 $body$
 """,
@@ -192,6 +195,13 @@ $body$
 # run its code inside the maintenance role's statements, and a foreign key to a wake table is checked
 # without policies (an existence probe).
 _REVOKED_FROM_APPLICATION: Final = "TRUNCATE, REFERENCES, TRIGGER"
+# Columns of free text and secrets: no query of ours filters on them, and the planner's statistics
+# of a column, used even under row-level security, let EXPLAIN estimates spell out common values.
+_UNSAMPLED_COLUMNS: Final = {
+    "agent_wake_schedules": ("name", "task_prompt", "schedule_config"),
+    "wake_fires": ("output_text", "error"),
+    "webhook_subscriptions": ("name", "secret_ciphertext", "allowed_source_pattern", "task_prompt_template"),
+}
 _POLICY_DECLARED: Final = "agent_wake_declared_conversations"
 _POLICY_MAINTENANCE: Final = "agent_wake_maintenance"
 
@@ -202,39 +212,58 @@ class _Roles:
     maintenance: str
 
 
+# What a role must not reach, through any membership, for the policies to hold it: each of these
+# lets SQL it sends step around them (SET ROLE to a role that bypasses them, grant itself one, read
+# or write the data files, run a program, stream changes). Roles named here are the built-in ones.
+_ESCAPES: Final = """
+SELECT r.rolname, concat_ws(', ',
+    CASE WHEN r.rolsuper THEN 'is a superuser' END,
+    CASE WHEN r.rolbypassrls THEN 'has BYPASSRLS' END,
+    CASE WHEN r.rolcreaterole THEN 'has CREATEROLE' END,
+    CASE WHEN r.rolreplication THEN 'has REPLICATION' END,
+    CASE WHEN r.rolname IN ('pg_read_server_files', 'pg_write_server_files', 'pg_execute_server_program')
+         THEN 'reads or writes server files or runs programs' END,
+    CASE WHEN r.rolname = :maintenance THEN 'is the maintenance role' END,
+    CASE WHEN r.oid IN (SELECT relowner FROM pg_class WHERE oid = ANY (CAST(:tables AS regclass[])))
+         THEN 'owns the wake tables' END
+) AS escape
+FROM pg_roles AS r
+WHERE pg_has_role(:application, r.oid, 'MEMBER')
+"""
+# Objects the application role could create would let it shadow the unqualified table names the
+# service's own statements use (a temporary view is found before the real table).
+_CREATION: Final = """
+SELECT concat_ws(', ',
+    CASE WHEN has_database_privilege(:application, current_database(), 'TEMPORARY')
+         THEN 'can create temporary objects (REVOKE TEMPORARY ON DATABASE ... FROM PUBLIC, and from it)' END,
+    CASE WHEN has_database_privilege(:application, current_database(), 'CREATE')
+         THEN 'can create schemas in this database' END,
+    (SELECT 'can create objects in schema ' || string_agg(nspname, ', ')
+       FROM pg_namespace
+      WHERE has_schema_privilege(:application, oid, 'CREATE') AND NOT starts_with(nspname, 'pg_'))
+)
+"""
+
+
 def _check_roles(connection: Connection, roles: _Roles, tables: list[str]) -> None:
     """Refuse roles with which the application side could step around the policies."""
     if roles.application == roles.maintenance:
         raise InvalidInputError("application_role", "must differ from maintenance_role")
-    found = connection.execute(
-        text("SELECT rolname, rolsuper, rolbypassrls FROM pg_roles WHERE rolname IN (:application, :maintenance)"),
-        {"application": roles.application, "maintenance": roles.maintenance},
-    ).all()
-    named = {row.rolname: row for row in found}
     for field, role in (("application_role", roles.application), ("maintenance_role", roles.maintenance)):
-        if role not in named:
+        if connection.execute(text("SELECT to_regrole(quote_ident(:role))"), {"role": role}).scalar() is None:
             raise InvalidInputError(field, f"must name an existing role; there is none called {check.shown(role)}")
-    if named[roles.application].rolsuper or named[roles.application].rolbypassrls:
-        raise InvalidInputError("application_role", "must not be a superuser or have BYPASSRLS")
-    owners = connection.execute(
-        text(
-            "SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class"
-            " WHERE oid = ANY (CAST(:tables AS regclass[]))"
-            " UNION SELECT :maintenance"
-        ),
-        {"tables": tables, "maintenance": roles.maintenance},
-    ).scalars()
-    for role in owners:
-        member = connection.execute(
-            text("SELECT pg_has_role(:application, :role, 'MEMBER')"),
-            {"application": roles.application, "role": role},
-        ).scalar_one()
-        if member:
+    parameters = {"application": roles.application, "maintenance": roles.maintenance, "tables": tables}
+    for reached, escape in connection.execute(text(_ESCAPES), parameters).all():
+        if escape:
+            through = "" if reached == roles.application else f" (through its membership of {check.shown(reached)})"
             raise InvalidInputError(
-                "application_role",
-                f"must not own the wake tables or be a member of {check.shown(role)} "
-                "(an owner can switch row-level security off; a member can SET ROLE)",
+                "application_role", f"must not be able to step around the policies: it {escape}{through}"
             )
+    creation = connection.execute(text(_CREATION), parameters).scalar_one()
+    if creation:
+        raise InvalidInputError(
+            "application_role", f"must not be able to create objects that shadow the wake tables: it {creation}"
+        )
 
 
 def _table_names(schema: str | None) -> list[str]:
@@ -264,10 +293,20 @@ def install_row_security(
     Grants both roles USAGE on the tables' schema and SELECT, INSERT,
     UPDATE, DELETE on the wake tables, and the application role EXECUTE on
     the two functions; revokes TRUNCATE, REFERENCES and TRIGGER on the wake
-    tables from the application role and PUBLIC. Refuses an application role that is a superuser, has BYPASSRLS,
-    owns the tables or is a member of their owner or of the maintenance
-    role. Each policy takes a brief ACCESS EXCLUSIVE lock on its table,
-    waiting at most ``lock_timeout_ms`` (else ``DatabaseTimeoutError``:
+    tables from the application role and PUBLIC. The free-text and secret
+    columns get no planner statistics (``SET STATISTICS 0``, and those
+    gathered so far are dropped): under row-level security the planner still
+    uses them, and ``EXPLAIN`` estimates would spell out their common values.
+
+    Refuses (``InvalidInputError`` on ``application_role``) an application
+    role that, itself or through a role it is a member of, is a superuser,
+    has BYPASSRLS, CREATEROLE or REPLICATION, may read or write server files
+    or run programs, owns the wake tables or is the maintenance role; or
+    that can create objects in this database (temporary ones included),
+    which could shadow the tables the service's statements name. Checked
+    once, here: keep such grants away from it afterwards too.
+
+    Each table takes a brief ACCESS EXCLUSIVE lock, waiting at most ``lock_timeout_ms`` (else ``DatabaseTimeoutError``:
     retry when the long transaction in the way has ended).
     """
     pads = _pads(_require_key(key))
@@ -311,7 +350,19 @@ def install_row_security(
         )
         declared = f"{PARTITION_COLUMN} = ANY ((SELECT {SECURITY_SCHEMA}.declared_conversations())::uuid[])"
         for table in tables:
+            # Changing a column to its own type drops its statistics without rewriting the table.
+            unsampled = connection.execute(
+                text(
+                    "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
+                    " WHERE attrelid = CAST(:table AS regclass) AND attname = ANY (CAST(:columns AS text[]))"
+                ),
+                {"table": table, "columns": list(_UNSAMPLED_COLUMNS[table.rpartition(".")[2]])},
+            ).all()
             for statement in (
+                f"ALTER TABLE {table} "
+                + ", ".join(
+                    f"ALTER COLUMN {name} SET STATISTICS 0, ALTER COLUMN {name} TYPE {kind}" for name, kind in unsampled
+                ),
                 f"GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {application}, {maintenance}",
                 f"REVOKE {_REVOKED_FROM_APPLICATION} ON {table} FROM {application}, PUBLIC",
                 f"DROP POLICY IF EXISTS {_POLICY_DECLARED} ON {table}",
@@ -447,14 +498,30 @@ async def _declare(session: AsyncSession, key: bytes, ids: list[uuid.UUID]) -> N
             return
         identity = connection.info.get(_CONNECTION_IDENTITY)
         if identity is None:
-            row = (await connection.execute(_BACKEND_IDENTITY)).one()
-            identity = connection.info[_CONNECTION_IDENTITY] = _BackendIdentity(row.pid, row.started)
+            # The pid comes from the protocol's start-up, which no SQL can change; a start time
+            # misreported by a hijacked statement only makes the signature fail elsewhere.
+            driver: Any = (await connection.get_raw_connection()).driver_connection  # asyncpg's Connection
+            started = (await connection.execute(_BACKEND_START)).scalar_one()
+            identity = connection.info[_CONNECTION_IDENTITY] = _BackendIdentity(driver.get_server_pid(), started)
         identity.counter += 1
         message = f"{identity.pid}|{identity.started}|{identity.counter}|{','.join(map(str, ids))}".encode()
         signature = hmac.new(key, message, hashlib.sha256).digest()
-        await connection.execute(
-            _DECLARE, {"conversation_ids": ids, "counter": identity.counter, "signature": signature}
-        )
+        acknowledged = (
+            await connection.execute(
+                _DECLARE, {"conversation_ids": ids, "counter": identity.counter, "signature": signature}
+            )
+        ).scalar_one()
+        expected = hmac.new(key, b"ack|" + message, hashlib.sha256).digest()
+        if not isinstance(acknowledged, bytes) or not hmac.compare_digest(acknowledged, expected):
+            # Something answered in the function's place (a prepared statement replaced by SQL sent
+            # earlier on this connection) and may hold the declaration: closing the connection ends
+            # the backend it is bound to.
+            await connection.invalidate()
+            raise RowSecurityError(
+                "the declaration was not acknowledged by agent_wake_security.declare_conversations: a statement "
+                "sent earlier on this connection replaced it; the connection was closed",
+                sqlstate=None,
+            )
         declared = held[1] | frozenset(ids) if held is not None and held[0] is transaction else frozenset(ids)
         session.info[_SESSION_DECLARED] = (transaction, declared)
 

@@ -43,6 +43,9 @@ class RowSecurityRoles:
 async def create_row_security_roles(database_url: str) -> RowSecurityRoles:
     """Create the roles (LOGIN, random passwords), install the policies and enforce them in that database.
 
+    Revokes ``TEMPORARY`` on the database from ``PUBLIC`` first, as
+    :func:`~agent_wake.row_security.install_row_security` requires.
+
     The URL's user must be able to create roles and own the wake tables
     (the test server's superuser does). Costs one connection and a dozen
     statements.
@@ -61,6 +64,8 @@ async def create_row_security_roles(database_url: str) -> RowSecurityRoles:
                 await connection.execute(
                     text(f"COMMENT ON ROLE {role} IS {_literal(_ROLE_COMMENT + database)}"),
                 )
+            # PUBLIC may create temporary objects in a new database; an application role must not.
+            await connection.exec_driver_sql(f'REVOKE TEMPORARY ON DATABASE "{database}" FROM PUBLIC')
             await connection.run_sync(
                 install_row_security, key=key, application_role=application, maintenance_role=maintenance
             )
