@@ -682,7 +682,8 @@ async def test_a_declaration_answered_by_a_replaced_statement_closes_the_connect
             hijacked_backend = raw.get_server_pid()
             # Hostile SQL on the same pooled connection puts its own statement under the driver's name.
             name = await raw.fetchval(
-                "SELECT name FROM pg_prepared_statements WHERE statement LIKE '%declare_conversations%'"
+                "SELECT name FROM pg_prepared_statements"
+                " WHERE starts_with(statement, 'SELECT agent_wake_security.declare_conversations(')"
             )
             await raw.execute(f'DEALLOCATE "{name}"')
             await raw.execute(f'PREPARE "{name}"(uuid[], bigint, bytea) AS SELECT NULL::bytea')
