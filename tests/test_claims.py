@@ -5,6 +5,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy import event, insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -15,6 +16,7 @@ from agent_wake import (
     FireSuccess,
     InvalidInputError,
     SecretBox,
+    TransactionAbortedError,
     WakeFireRepository,
     WakeSchedule,
     WakeScheduleRepository,
@@ -457,3 +459,14 @@ async def test_a_claim_that_dies_before_commit_leaves_the_schedules_claimable(
         claims = await WakeScheduleRepository(next_tick).claim_due(NOW, limit=50, next_fire=hourly_coalesce)
     assert {claim.schedule_id for claim in claims} == {claim.schedule_id for claim in doomed_claims}
     assert all(claim.scheduled_fire_at <= NOW for claim in claims)
+
+
+async def test_a_failure_on_the_driver_connection_is_an_agent_wake_error(
+    wake_factory: WakeFactory, wake_session: AsyncSession
+) -> None:
+    await wake_factory.schedule(next_fire_at=NOW - HOUR)  # the transaction has begun: the claim runs on the driver
+    driver = (await (await wake_session.connection()).get_raw_connection()).driver_connection
+    with pytest.raises(asyncpg.DivisionByZeroError):
+        await driver.execute("SELECT 1 / 0")  # fails the transaction behind SQLAlchemy's back
+    with pytest.raises(TransactionAbortedError):
+        await WakeScheduleRepository(wake_session).claim_due(NOW, limit=10, next_fire=hourly_coalesce)

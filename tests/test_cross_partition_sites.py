@@ -21,7 +21,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "agent_wake"
 # job's scan (prebuilt statements, named by their key in
 # _statements.PREBUILT), and the pytest plugin's (testing/pytest_plugin.py)
 # teardown that empties the wake tables after a test of wake_engine or of the
-# row-level-security session fixtures (a function).
+# row-level-security session fixtures (a function). _statements.span_of enters,
+# for a tick statement sent on the driver connection, that prebuilt entry's own
+# span again (its reason is the entry's literal one).
 DOCUMENTED_CROSS_PARTITION_SITES = {
     "schedules.list_due",
     "schedules.claim_lock",
@@ -29,6 +31,7 @@ DOCUMENTED_CROSS_PARTITION_SITES = {
     "subscriptions.find_by_id",
     "fires.list_stale_dispatching",
     "_empty_tables",
+    "span_of",
 }
 SPAN_NAMES = {"spans_partitions", "PartitionSpan"}
 
@@ -95,6 +98,9 @@ def test_no_module_opens_a_span_another_way() -> None:
 
 def test_every_span_in_the_package_gives_a_literal_reason() -> None:
     for module, function, call in spans_partitions_call_sites():
+        if (module, function) == ("_statements.py", "span_of"):
+            continue  # a prebuilt entry's span, entered again: that entry's reason is checked here
+
         assert len(call.args) == 1, f"{module}:{function}"
         reason = call.args[0]
         assert isinstance(reason, ast.Constant), f"{module}:{function} reason is not a literal"

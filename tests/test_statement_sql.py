@@ -15,7 +15,7 @@ from sqlalchemy import Executable, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agent_wake import WakeFireRepository, WakeScheduleRepository, WebhookSubscriptionRepository, spans_partitions
-from agent_wake._statements import PREBUILT
+from agent_wake._statements import PREBUILT, for_driver
 from agent_wake.testing import capture_sql
 from tests.clock import NOW
 
@@ -251,6 +251,21 @@ def test_a_statement_that_loads_models_overwrites_held_objects(name: str) -> Non
 @pytest.mark.parametrize("name", sorted(PINNED))
 def test_prebuilt_statement_renders_its_pinned_sql(wake_session: AsyncSession, name: str) -> None:
     assert pinned_part(rendered(wake_session, PREBUILT[name])) == PINNED[name]
+
+
+TICK_STATEMENTS = [
+    "schedules.claim_lock",
+    "schedules.claim_lock_excluding",
+    "schedules.claim_fires",
+    "schedules.claim_reschedule",
+]
+
+
+@pytest.mark.parametrize("name", TICK_STATEMENTS)
+def test_the_tick_sends_on_the_driver_exactly_what_sqlalchemy_would(wake_session: AsyncSession, name: str) -> None:
+    driver = for_driver(name)
+    assert driver.sql == rendered(wake_session, PREBUILT[name])
+    assert dict(driver.execution_options) == dict(PREBUILT[name].get_execution_options())
 
 
 @pytest.mark.parametrize(

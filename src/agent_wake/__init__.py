@@ -46,7 +46,7 @@ from agent_wake.row_security import (
     use_row_security,
 )
 from agent_wake.schedule_configs import register_schedule_type, validate_schedule_config
-from agent_wake.schedule_repository import ClaimedFire, NextFire, ScheduleChanges, WakeScheduleRepository
+from agent_wake.schedule_repository import ClaimedFire, DueSchedule, NextFire, ScheduleChanges, WakeScheduleRepository
 from agent_wake.secret_box import SecretBox
 from agent_wake.standins import AgentSkill, Conversation, StandinBase
 from agent_wake.webhook_repository import WebhookSubscriptionRepository
@@ -71,6 +71,7 @@ __all__ = [
     "Conversation",
     "DatabaseError",
     "DatabaseTimeoutError",
+    "DueSchedule",
     "DuplicateError",
     "ExecutionMode",
     "FireFailure",

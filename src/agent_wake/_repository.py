@@ -17,7 +17,7 @@ unflushed changes to the objects it returns with the stored row.
 """
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Final, Generic, TypeVar
 
 from sqlalchemy import Executable
@@ -116,6 +116,34 @@ class PartitionedRepository(Generic[_Model]):
                 named.extend(value)
         if named:
             await row_security.declare_for_repository(self._session, named)
+
+    async def _fetch_on_driver(self, name: str, values: Mapping[str, Any]) -> Sequence[Sequence[Any]]:
+        """Run the prebuilt statement ``name`` on the session's own driver connection, in its
+        transaction, and return plain rows (the tick's path: no cursor layer, no ORM objects).
+
+        The engine's ``before_cursor_execute`` listeners (the partition
+        guard, :func:`~agent_wake.testing.capture_sql`) are told of it as of
+        any statement, under the statement's span if it has one. Until the
+        transaction has sent a statement the driver has not begun it, so that
+        first one goes through SQLAlchemy, which begins it. Callers translate
+        errors.
+        """
+        statement = _statements.for_driver(name)
+        arguments = statement.arguments(values)
+        connection = await self._session.connection()
+        driver: Any = (await connection.get_raw_connection()).driver_connection  # asyncpg's Connection
+        if not driver.is_in_transaction():
+            result = await connection.exec_driver_sql(
+                statement.sql, tuple(arguments), execution_options=statement.execution_options
+            )
+            return result.all()
+        sync_connection = connection.sync_connection
+        assert sync_connection is not None  # connected: the driver connection came from it
+        with _statements.span_of(statement):
+            for listener in sync_connection.dispatch.before_cursor_execute:
+                listener(sync_connection, None, statement.sql, arguments, None, False)
+        rows: Sequence[Sequence[Any]] = await driver.fetch(statement.sql, *arguments)
+        return rows
 
     async def _one_or_none(self, statement: Executable, parameters: Mapping[str, Any]) -> Any:
         await self._declare_named(parameters)

@@ -19,10 +19,18 @@ Two rules hold for all of them:
 - **Constants a partial index depends on are literals** (``status =
   'active'``), via :func:`constant`: under a generic plan a bound ``$n``
   cannot prove the index predicate, and the claim becomes a sequential scan.
+
+The tick's statements also run on the session's driver connection, skipping
+SQLAlchemy's cursor layer (:func:`for_driver`): compiled once from the same
+entry, for the asyncpg dialect; the engine's listeners, the partition guard
+among them, are still shown each one.
 """
 
 import re
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from functools import cache
 from typing import Any, Final, TypeVar, cast
 
 from sqlalchemy import (
@@ -45,14 +53,17 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.dialects.postgresql import Insert as PgInsert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Delete, Insert, Update
+from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.sql.selectable import Select, TableValuedAlias, TypedReturnsRows
 from sqlalchemy.types import TypeEngine
 
 from agent_wake.models import PARTITION_COLUMN, Base, WakeFire, WakeSchedule, WebhookSubscription
-from agent_wake.partition_guard import spans_partitions
+from agent_wake.partition_guard import span_reason, spans_partitions
 
-__all__ = ["PREBUILT", "constant", "returning_rows"]
+__all__ = ["PREBUILT", "DriverStatement", "constant", "for_driver", "returning_rows", "span_of"]
 
 _Model = TypeVar("_Model", bound=Base)
 _UUID: Final = UUID(as_uuid=True)
@@ -334,3 +345,35 @@ PREBUILT: Final[dict[str, Executable]] = {
         _key_of(WebhookSubscription, "subscription_id")
     ),
 }
+
+
+@dataclass(frozen=True, slots=True)
+class DriverStatement:
+    """A :data:`PREBUILT` entry as the asyncpg driver takes it: ``$n`` SQL and the parameter names in order."""
+
+    sql: str
+    parameters: tuple[str, ...]
+    execution_options: Mapping[str, Any]  # the entry's, its span among them
+
+    def arguments(self, values: Mapping[str, Any]) -> list[Any]:
+        return [values[name] for name in self.parameters]
+
+
+def span_of(statement: DriverStatement) -> AbstractContextManager[object]:
+    """The statement's own span, entered around what the guard is shown (none: a no-op)."""
+    reason = span_reason(statement.execution_options)
+    return spans_partitions(reason) if reason is not None else nullcontext()
+
+
+@cache
+def for_driver(name: str) -> DriverStatement:
+    """The entry ``name`` compiled once for asyncpg: the text SQLAlchemy sends for it.
+
+    Only statements whose values bind as they are, with no post-compile
+    expansion, qualify; a result is plain rows in the statement's column order.
+    """
+    statement = PREBUILT[name]
+    compiled = cast(SQLCompiler, cast(ClauseElement, statement).compile(dialect=asyncpg_dialect()))  # type: ignore[no-untyped-call]
+    if compiled.literal_execute_params or compiled.post_compile_params or compiled.positiontup is None:
+        raise ValueError(f"{name} does not compile to fixed SQL with positional parameters")
+    return DriverStatement(compiled.string, tuple(compiled.positiontup), statement.get_execution_options())

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from functools import cache
 from typing import Final
 
+import asyncpg
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.sql.schema import ColumnCollectionConstraint
 
@@ -214,8 +215,7 @@ def _constraint_columns() -> dict[tuple[str, str], tuple[str, ...]]:
     }
 
 
-def _constraint_error(exc: sa_exc.DBAPIError, sqlstate: str) -> AgentWakeError:
-    driver_error = exc.driver_exception
+def _constraint_error(driver_error: BaseException | None, sqlstate: str) -> AgentWakeError:
     table = getattr(driver_error, "table_name", None) or "unknown table"
     constraint = getattr(driver_error, "constraint_name", None) or "unknown constraint"
     if sqlstate == _UNIQUE_VIOLATION:
@@ -235,8 +235,12 @@ def _constraint_error(exc: sa_exc.DBAPIError, sqlstate: str) -> AgentWakeError:
 
 def _translated(exc: sa_exc.DBAPIError) -> AgentWakeError:
     sqlstate = getattr(exc.driver_exception, "sqlstate", None) or getattr(exc.orig, "sqlstate", None)
+    return _classified(sqlstate, exc.driver_exception, lost=exc.connection_invalidated)
+
+
+def _classified(sqlstate: object, driver_error: BaseException | None, *, lost: bool) -> AgentWakeError:
     if (isinstance(sqlstate, str) and sqlstate in _CONSTRAINT_EXPLANATIONS) or sqlstate == _UNIQUE_VIOLATION:
-        return _constraint_error(exc, sqlstate)
+        return _constraint_error(driver_error, sqlstate)
     if sqlstate == _IN_FAILED_TRANSACTION:
         return TransactionAbortedError(sqlstate=sqlstate)
     if sqlstate in _SERIALIZATION:
@@ -250,15 +254,15 @@ def _translated(exc: sa_exc.DBAPIError) -> AgentWakeError:
         )
     if sqlstate == _INSUFFICIENT_PRIVILEGE:
         # The server's message names the table or the declaration rule, never a value.
-        reason = str(getattr(exc.driver_exception, "message", "") or "insufficient privilege")
+        reason = str(getattr(driver_error, "message", "") or "insufficient privilege")
         return RowSecurityError(f"the database refused the statement: {reason}", sqlstate=sqlstate)
-    lost = exc.connection_invalidated or sqlstate in _CONNECTION_LOST
-    if lost or (isinstance(sqlstate, str) and sqlstate.startswith("08")):
+    if lost or sqlstate in _CONNECTION_LOST or (isinstance(sqlstate, str) and sqlstate.startswith("08")):
         return ConnectionLostError(
-            "the connection to the database was lost; roll back and retry on a new one", sqlstate=sqlstate
+            "the connection to the database was lost; roll back and retry on a new one",
+            sqlstate=sqlstate if isinstance(sqlstate, str) else None,
         )
     return DatabaseError(
-        f"the database refused the statement ({type(exc.driver_exception).__name__}, SQLSTATE {sqlstate})",
+        f"the database refused the statement ({type(driver_error).__name__}, SQLSTATE {sqlstate})",
         sqlstate=sqlstate if isinstance(sqlstate, str) else None,
     )
 
@@ -277,6 +281,10 @@ def translate_database_errors() -> Iterator[None]:
         raise
     except sa_exc.DBAPIError as exc:
         raise _translated(exc) from exc
+    except asyncpg.PostgresError as exc:  # a statement sent on the driver connection itself (the tick)
+        raise _classified(exc.sqlstate, exc, lost=False) from exc
+    except asyncpg.InterfaceError as exc:  # the driver's own state: a closed or lost connection
+        raise _classified(None, exc, lost=True) from exc
     except sa_exc.PendingRollbackError as exc:  # the session saw an earlier failure of this transaction
         raise TransactionAbortedError(sqlstate=None) from exc
     except sa_exc.TimeoutError as exc:  # the pool had no connection in time

@@ -123,6 +123,18 @@ def _refusal(statement: str) -> _scope_analysis.Refusal | None:
     return _scope_analysis.decide(statement, _RULES).refusal
 
 
+def span_reason(execution_options: Mapping[str, Any]) -> str | None:
+    """The reason of the span these execution options carry (``**spans_partitions(...)``), if any."""
+    reason = execution_options.get(_SPAN_OPTION)
+    return reason if isinstance(reason, str) and reason.strip() else None
+
+
+def open_span_options() -> Mapping[str, str]:
+    """The execution options of the span open in this task, if any (``{}`` else)."""
+    reason = _open_span_reason()
+    return spans_partitions(reason) if reason is not None else {}
+
+
 class PartitionSpan(Mapping[str, str]):
     """A named permission to run cross-partition statements.
 

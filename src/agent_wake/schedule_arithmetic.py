@@ -45,6 +45,7 @@ from agent_wake.models import WakeSchedule
 
 # The config syntax's one source: the cron fields' bounds and names, and the delay units.
 from agent_wake.schedule_configs import CRON_FIELDS, SECONDS_PER_UNIT, validate_schedule_config
+from agent_wake.schedule_repository import DueSchedule
 
 __all__ = ["BUILT_IN_SCHEDULE_TYPES", "first_fire", "next_fire"]
 
@@ -68,7 +69,7 @@ _CALENDAR_CYCLE_YEARS: Final = 400
 _LONGEST_MONTH: Final = {month: monthrange(2000, month)[1] for month in range(1, 13)}
 
 
-def next_fire(schedule: WakeSchedule, now: datetime) -> datetime | None:
+def next_fire(schedule: DueSchedule | WakeSchedule, now: datetime) -> datetime | None:
     """The period after the claimed one (``schedule.next_fire_at``), or None when the schedule is finished.
 
     Usable as is as ``claim_due(now, limit=..., next_fire=next_fire)``. With

@@ -2,13 +2,15 @@
 
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import Any, Final, TypedDict, Unpack
+from typing import Any, Final, TypedDict, Unpack, cast
 
 import uuid_utils.compat as uuid_utils
+from sqlalchemy import Table
+from sqlalchemy.orm import attributes
 
 from agent_wake import _statements, enums
 from agent_wake import _validation as check
@@ -17,13 +19,40 @@ from agent_wake.errors import InvalidInputError, NotFoundError, translate_databa
 from agent_wake.models import PARTITION_COLUMN, WakeSchedule
 from agent_wake.schedule_configs import validate_schedule_config
 
-__all__ = ["ClaimedFire", "NextFire", "ScheduleChanges", "WakeScheduleRepository"]
+__all__ = ["ClaimedFire", "DueSchedule", "NextFire", "ScheduleChanges", "WakeScheduleRepository"]
 
 _logger = logging.getLogger(__name__)
 
+
+@dataclass(frozen=True, slots=True)
+class DueSchedule:
+    """A schedule as :meth:`WakeScheduleRepository.claim_due` locked it: the
+    row's values, with the attribute names of :class:`~agent_wake.models.WakeSchedule`,
+    for ``next_fire``. Plain values, not an ORM object (the claim builds none)."""
+
+    conversation_id: uuid.UUID
+    schedule_id: uuid.UUID
+    user_id: uuid.UUID
+    agent_id: uuid.UUID
+    skill_id: uuid.UUID | None
+    schedule_type: str
+    schedule_config: dict[str, Any]
+    task_prompt: str | None
+    execution_mode: enums.ExecutionMode
+    status: enums.ScheduleStatus
+    next_fire_at: datetime | None
+    last_fired_at: datetime | None
+    name: str | None
+    missed_fire_policy: enums.MissedFirePolicy
+    context_from_schedule_id: uuid.UUID | None
+    include_conversation_history: bool
+    date_created: datetime
+    date_updated: datetime
+
+
 # The caller's schedule arithmetic: the instant after the claimed period, or
 # None when the schedule is finished (a one-shot).
-NextFire = Callable[[WakeSchedule, datetime], datetime | None]
+NextFire = Callable[[DueSchedule, datetime], datetime | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +99,8 @@ class ScheduleChanges(TypedDict, total=False):
     include_conversation_history: bool
 
 
+# The columns of a schedule row, in the order the tick's statements return them (DueSchedule's fields).
+_SCHEDULE_COLUMNS: Final = tuple(column.name for column in cast(Table, WakeSchedule.__table__).columns)
 _MAX_PROMPT_LENGTH: Final = 100_000
 _MAX_NAME_LENGTH: Final = 500
 # Statuses a schedule can be created in; "expired" is reached only by firing.
@@ -319,26 +350,31 @@ class WakeScheduleRepository(PartitionedRepository[WakeSchedule]):
         limit = check.require_limit(limit)
         if not callable(next_fire):
             raise InvalidInputError("next_fire", "must be a function (schedule, now) -> datetime | None")
-        due = await self._all(self._prebuilt("claim_lock"), {"now": now, "limit": limit})
-        planned: list[_Planned] = []
-        seen: list[uuid.UUID] = []
-        while due:
-            requested = limit - len(planned)
-            seen.extend(schedule.schedule_id for schedule in due)
-            planned.extend(plan for schedule in due if (plan := _planned(schedule, now, next_fire)) is not None)
-            if len(planned) == limit or len(due) < requested:
-                break
-            # Schedules whose next_fire failed took places in the batch: they stay
-            # locked by this transaction (so due to it again) and are excluded here.
-            parameters = {"now": now, "limit": limit - len(planned), "seen": seen}
-            due = await self._all(self._prebuilt("claim_lock_excluding"), parameters)
-        if not planned:
-            return []
-        conversation_ids = [plan.conversation_id for plan in planned]
-        schedule_ids = [plan.schedule_id for plan in planned]
         with translate_database_errors():
-            inserted = await self._session.execute(
-                self._prebuilt("claim_fires"),
+            await self._session.flush()  # what a read through the session would send first
+            due = await self._fetch_on_driver("schedules.claim_lock", {"now": now, "limit": limit})
+            planned: list[_Planned] = []
+            locked: dict[uuid.UUID, Sequence[Any]] = {}
+            while due:
+                requested = limit - len(planned)
+                for row in due:
+                    schedule = DueSchedule(*row)
+                    locked[schedule.schedule_id] = row
+                    if (plan := _planned(schedule, now, next_fire)) is not None:
+                        planned.append(plan)
+                if len(planned) == limit or len(due) < requested:
+                    break
+                # Schedules whose next_fire failed took places in the batch: they stay
+                # locked by this transaction (so due to it again) and are excluded here.
+                parameters = {"now": now, "limit": limit - len(planned), "seen": list(locked)}
+                due = await self._fetch_on_driver("schedules.claim_lock_excluding", parameters)
+            if not planned:
+                self._refresh_held_schedules(locked.values())
+                return []
+            conversation_ids = [plan.conversation_id for plan in planned]
+            schedule_ids = [plan.schedule_id for plan in planned]
+            inserted = await self._fetch_on_driver(
+                "schedules.claim_fires",
                 {
                     "now": now,
                     "claimed_fire_conversation_id": conversation_ids,
@@ -348,31 +384,49 @@ class WakeScheduleRepository(PartitionedRepository[WakeSchedule]):
                 },
             )
             fired: dict[uuid.UUID, uuid.UUID] = {schedule_id: fire_id for schedule_id, fire_id in inserted}
-        for plan in planned:
-            if plan.schedule_id not in fired:
-                _logger.warning(
-                    "claim_due: schedule %s of conversation %s already has its fire for %s; advanced without a new one",
-                    plan.schedule_id,
-                    plan.conversation_id,
-                    plan.period.isoformat(),
-                )
-        rescheduled = await self._all(
-            self._prebuilt("claim_reschedule"),
-            {
-                "claimed_conversation_id": conversation_ids,
-                "claimed_schedule_id": schedule_ids,
-                "claimed_next_fire_at": [plan.following for plan in planned],
-                "claimed_status": [plan.status for plan in planned],
-                # Stamped only where a fire was written: an advanced period did not fire.
-                "claimed_last_fired_at": [now if plan.schedule_id in fired else plan.last_fired_at for plan in planned],
-            },
-        )
-        stored = {schedule.schedule_id: schedule for schedule in rescheduled}
+            for plan in planned:
+                if plan.schedule_id not in fired:
+                    _logger.warning(
+                        "claim_due: schedule %s of conversation %s already has its fire for %s; "
+                        "advanced without a new one",
+                        plan.schedule_id,
+                        plan.conversation_id,
+                        plan.period.isoformat(),
+                    )
+            rescheduled = await self._fetch_on_driver(
+                "schedules.claim_reschedule",
+                {
+                    "claimed_conversation_id": conversation_ids,
+                    "claimed_schedule_id": schedule_ids,
+                    "claimed_next_fire_at": [plan.following for plan in planned],
+                    "claimed_status": [plan.status for plan in planned],
+                    # Stamped only where a fire was written: an advanced period did not fire.
+                    "claimed_last_fired_at": [
+                        now if plan.schedule_id in fired else plan.last_fired_at for plan in planned
+                    ],
+                },
+            )
+        stored = {row[1]: row for row in rescheduled}
+        for row in rescheduled:
+            locked[row[1]] = row
+        self._refresh_held_schedules(locked.values())
         return [
-            _claimed_fire(stored[plan.schedule_id], fired[plan.schedule_id], plan.period, now)
+            _claimed_fire(DueSchedule(*stored[plan.schedule_id]), fired[plan.schedule_id], plan.period, now)
             for plan in planned
             if plan.schedule_id in fired
         ]
+
+    def _refresh_held_schedules(self, rows: Iterable[Sequence[Any]]) -> None:
+        """Overwrite the session's objects of these schedules (if it holds any) with the rows as stored.
+
+        What ``populate_existing`` does for a read through the session; the
+        tick's rows come from the driver, so it is done here.
+        """
+        for row in rows:
+            held = self._held(WakeSchedule, (row[0], row[1]))
+            if held is not None:
+                for column, value in zip(_SCHEDULE_COLUMNS, row, strict=True):
+                    attributes.set_committed_value(held, column, value)
 
     async def _require_context_source(self, key: Mapping[str, uuid.UUID], source_id: uuid.UUID) -> None:
         if source_id == key["schedule_id"]:
@@ -409,7 +463,7 @@ class _Planned:
     status: enums.ScheduleStatus
 
 
-def _planned(schedule: WakeSchedule, now: datetime, next_fire: NextFire) -> _Planned | None:
+def _planned(schedule: DueSchedule, now: datetime, next_fire: NextFire) -> _Planned | None:
     """The claim of ``schedule`` with ``next_fire``'s answer checked; None (logged) when it fails."""
     period, last_fired_at = schedule.next_fire_at, schedule.last_fired_at
     assert period is not None  # the locking query selects only due schedules
@@ -432,7 +486,7 @@ def _planned(schedule: WakeSchedule, now: datetime, next_fire: NextFire) -> _Pla
     return _Planned(schedule.conversation_id, schedule.schedule_id, period, last_fired_at, following, status)
 
 
-def _claimed_fire(schedule: WakeSchedule, fire_id: uuid.UUID, period: datetime, now: datetime) -> ClaimedFire:
+def _claimed_fire(schedule: DueSchedule, fire_id: uuid.UUID, period: datetime, now: datetime) -> ClaimedFire:
     return ClaimedFire(
         conversation_id=schedule.conversation_id,
         schedule_id=schedule.schedule_id,

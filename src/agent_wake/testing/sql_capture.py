@@ -20,6 +20,7 @@ from sqlalchemy.engine.interfaces import DBAPICursor, ExecutionContext
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from agent_wake.errors import InvalidInputError
+from agent_wake.partition_guard import open_span_options
 
 __all__ = ["CapturedStatement", "capture_sql"]
 
@@ -83,7 +84,9 @@ def capture_sql(
         context: ExecutionContext | None,
         executemany: bool,
     ) -> None:
-        options = context.execution_options if context is not None else {}
+        # A statement the library sends on the driver itself (the tick's) comes with no
+        # context: its span, if any, is the one open around it.
+        options = context.execution_options if context is not None else open_span_options()
         captured.append(CapturedStatement(statement, parameters, options))
 
     event.listen(listened, "before_cursor_execute", record)
