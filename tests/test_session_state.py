@@ -248,6 +248,19 @@ async def test_claim_due_refreshes_a_held_schedule(
     assert (claim.schedule_status, claim.next_fire_at) == ("expired", None)
 
 
+async def test_claim_due_refreshes_what_another_session_changed_in_a_held_schedule(
+    sessions: async_sessionmaker[AsyncSession], mine: AsyncSession, wake_secrets: SecretBox
+) -> None:
+    made = await committed_schedule(sessions, wake_secrets)
+    held = await held_schedule(mine, made)
+    async with sessions.begin() as other:
+        await WakeScheduleRepository(other).update(made.conversation_id, made.schedule_id, name="renamed elsewhere")
+
+    await WakeScheduleRepository(mine).claim_due(NOW, limit=10, next_fire=lambda schedule, now: None)
+
+    assert held.name == "renamed elsewhere"
+
+
 async def test_finalize_refreshes_a_held_fire_finalized_elsewhere(
     sessions: async_sessionmaker[AsyncSession], mine: AsyncSession, wake_secrets: SecretBox
 ) -> None:

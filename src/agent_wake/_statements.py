@@ -63,7 +63,7 @@ from sqlalchemy.types import TypeEngine
 from agent_wake.models import PARTITION_COLUMN, Base, WakeFire, WakeSchedule, WebhookSubscription
 from agent_wake.partition_guard import span_reason, spans_partitions
 
-__all__ = ["PREBUILT", "DriverStatement", "constant", "for_driver", "returning_rows", "span_of"]
+__all__ = ["PREBUILT", "RESCHEDULED_COLUMNS", "DriverStatement", "constant", "for_driver", "returning_rows", "span_of"]
 
 _Model = TypeVar("_Model", bound=Base)
 _UUID: Final = UUID(as_uuid=True)
@@ -213,6 +213,15 @@ _claimed_fire = unnest_rows(
     {"conversation_id": _UUID, "fire_id": _UUID, "schedule_id": _UUID, "scheduled_fire_at": _INSTANT},
 )
 _STATUSES: Final = bindparam("statuses", type_=ARRAY(Text()))
+# What the claim's reschedule returns: the key and the columns it changes (the rest is as locked).
+RESCHEDULED_COLUMNS: Final = (
+    "conversation_id",
+    "schedule_id",
+    "next_fire_at",
+    "status",
+    "last_fired_at",
+    "date_updated",
+)
 # Active schedules due at the parameter ``now``, oldest period first.
 _DUE_FIRST: Final = (
     select(WakeSchedule)
@@ -293,15 +302,12 @@ PREBUILT: Final[dict[str, Executable]] = {
         index_where=_FIRES.c.schedule_id.is_not(None),
     )
     .returning(_FIRES.c.schedule_id, _FIRES.c.fire_id),
-    "schedules.claim_reschedule": returning_rows(
+    "schedules.claim_reschedule": _batch_update(
         WakeSchedule,
-        _batch_update(
-            WakeSchedule,
-            "schedule_id",
-            "claimed",
-            {"next_fire_at": _INSTANT, "status": Text(), "last_fired_at": _INSTANT},
-        ),
-    ),
+        "schedule_id",
+        "claimed",
+        {"next_fire_at": _INSTANT, "status": Text(), "last_fired_at": _INSTANT},
+    ).returning(*(_SCHEDULES.c[column] for column in RESCHEDULED_COLUMNS)),
     "fires.list_for_schedule": as_stored(
         select(WakeFire)
         .where(_FIRES.c.conversation_id == bindparam(PARTITION_COLUMN, type_=_UUID))

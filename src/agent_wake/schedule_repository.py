@@ -2,7 +2,7 @@
 
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -354,12 +354,11 @@ class WakeScheduleRepository(PartitionedRepository[WakeSchedule]):
             await self._session.flush()  # what a read through the session would send first
             due = await self._fetch_on_driver("schedules.claim_lock", {"now": now, "limit": limit})
             planned: list[_Planned] = []
-            locked: dict[uuid.UUID, Sequence[Any]] = {}
+            locked: dict[uuid.UUID, DueSchedule] = {}
             while due:
                 requested = limit - len(planned)
                 for row in due:
-                    schedule = DueSchedule(*row)
-                    locked[schedule.schedule_id] = row
+                    schedule = locked[row[1]] = DueSchedule(*row)
                     if (plan := _planned(schedule, now, next_fire)) is not None:
                         planned.append(plan)
                 if len(planned) == limit or len(due) < requested:
@@ -369,7 +368,7 @@ class WakeScheduleRepository(PartitionedRepository[WakeSchedule]):
                 parameters = {"now": now, "limit": limit - len(planned), "seen": list(locked)}
                 due = await self._fetch_on_driver("schedules.claim_lock_excluding", parameters)
             if not planned:
-                self._refresh_held_schedules(locked.values())
+                self._refresh_held_schedules(locked, {})
                 return []
             conversation_ids = [plan.conversation_id for plan in planned]
             schedule_ids = [plan.schedule_id for plan in planned]
@@ -393,7 +392,7 @@ class WakeScheduleRepository(PartitionedRepository[WakeSchedule]):
                         plan.conversation_id,
                         plan.period.isoformat(),
                     )
-            rescheduled = await self._fetch_on_driver(
+            rescheduled_rows = await self._fetch_on_driver(
                 "schedules.claim_reschedule",
                 {
                     "claimed_conversation_id": conversation_ids,
@@ -406,27 +405,37 @@ class WakeScheduleRepository(PartitionedRepository[WakeSchedule]):
                     ],
                 },
             )
-        stored = {row[1]: row for row in rescheduled}
-        for row in rescheduled:
-            locked[row[1]] = row
-        self._refresh_held_schedules(locked.values())
+        rescheduled = {row[1]: row for row in rescheduled_rows}
+        self._refresh_held_schedules(locked, rescheduled)
         return [
-            _claimed_fire(DueSchedule(*stored[plan.schedule_id]), fired[plan.schedule_id], plan.period, now)
+            _claimed_fire(
+                locked[plan.schedule_id], rescheduled[plan.schedule_id], fired[plan.schedule_id], plan.period, now
+            )
             for plan in planned
             if plan.schedule_id in fired
         ]
 
-    def _refresh_held_schedules(self, rows: Iterable[Sequence[Any]]) -> None:
-        """Overwrite the session's objects of these schedules (if it holds any) with the rows as stored.
+    def _refresh_held_schedules(
+        self, locked: Mapping[uuid.UUID, DueSchedule], rescheduled: Mapping[uuid.UUID, Sequence[Any]]
+    ) -> None:
+        """Overwrite the session's objects of the claimed schedules (if it holds any) with the rows as stored:
+        as locked, with what the reschedule changed.
 
         What ``populate_existing`` does for a read through the session; the
         tick's rows come from the driver, so it is done here.
         """
-        for row in rows:
-            held = self._held(WakeSchedule, (row[0], row[1]))
-            if held is not None:
-                for column, value in zip(_SCHEDULE_COLUMNS, row, strict=True):
-                    attributes.set_committed_value(held, column, value)
+        identity_map = self._session.identity_map
+        for key in list(identity_map.keys()):
+            if key[0] is not WakeSchedule or key[1][1] not in locked:
+                continue
+            conversation_id, schedule_id = key[1]
+            schedule, instance = locked[schedule_id], identity_map.get(key)
+            if instance is None or schedule.conversation_id != conversation_id:
+                continue
+            for column in _SCHEDULE_COLUMNS:
+                attributes.set_committed_value(instance, column, getattr(schedule, column))
+            for column, value in zip(_statements.RESCHEDULED_COLUMNS, rescheduled.get(schedule_id, ()), strict=False):
+                attributes.set_committed_value(instance, column, value)
 
     async def _require_context_source(self, key: Mapping[str, uuid.UUID], source_id: uuid.UUID) -> None:
         if source_id == key["schedule_id"]:
@@ -486,15 +495,18 @@ def _planned(schedule: DueSchedule, now: datetime, next_fire: NextFire) -> _Plan
     return _Planned(schedule.conversation_id, schedule.schedule_id, period, last_fired_at, following, status)
 
 
-def _claimed_fire(schedule: DueSchedule, fire_id: uuid.UUID, period: datetime, now: datetime) -> ClaimedFire:
+def _claimed_fire(
+    schedule: DueSchedule, rescheduled: Sequence[Any], fire_id: uuid.UUID, period: datetime, now: datetime
+) -> ClaimedFire:
+    after = dict(zip(_statements.RESCHEDULED_COLUMNS, rescheduled, strict=True))
     return ClaimedFire(
         conversation_id=schedule.conversation_id,
         schedule_id=schedule.schedule_id,
         fire_id=fire_id,
         scheduled_fire_at=period,
         fired_at=now,
-        next_fire_at=schedule.next_fire_at,
-        schedule_status=schedule.status,
+        next_fire_at=after["next_fire_at"],
+        schedule_status=after["status"],
         user_id=schedule.user_id,
         agent_id=schedule.agent_id,
         skill_id=schedule.skill_id,
