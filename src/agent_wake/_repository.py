@@ -160,13 +160,10 @@ class PartitionedRepository(Generic[_Model]):
         with translate_database_errors():
             return (await self._session.execute(statement, parameters)).scalar_one_or_none()
 
-    async def _insert(self, row: _Model) -> _Model:
-        """Insert ``row`` (the unit of work's INSERT ... RETURNING of the server defaults) and return it."""
-        await self._declare_named({PARTITION_COLUMN: getattr(row, PARTITION_COLUMN)})
-        self._session.add(row)
-        with translate_database_errors():
-            await self._session.flush()
-        return row
+    async def _insert(self, values: Mapping[str, Any]) -> _Model:
+        """Insert the row ``values`` give (every column create() sets) and return it as stored. One INSERT."""
+        inserted: _Model = await self._one_or_none(self._prebuilt("create"), values)
+        return inserted
 
     async def _update_one(
         self, key: Mapping[str, uuid.UUID], statement: Executable, values: Mapping[str, Any], *, action: str

@@ -133,6 +133,50 @@ def _keyed(prefix: str, model: type[Base], id_column: str, newest_first: tuple[s
     }
 
 
+def _creating(model: type[_Model], columns: tuple[str, ...]) -> TypedReturnsRows[_Model]:
+    """``INSERT`` of one row with every column the repository sets (None included, so the text is
+    fixed), the others left to their server defaults, returned as stored."""
+    table = table_of(model)
+    return returning_rows(
+        model, pg_insert(table).values({column: bindparam(column, type_=table.c[column].type) for column in columns})
+    )
+
+
+# The columns create() sets; date_created and date_updated are the server's.
+SCHEDULE_CREATED_COLUMNS: Final = (
+    "conversation_id",
+    "schedule_id",
+    "user_id",
+    "agent_id",
+    "skill_id",
+    "schedule_type",
+    "schedule_config",
+    "task_prompt",
+    "execution_mode",
+    "status",
+    "next_fire_at",
+    "name",
+    "missed_fire_policy",
+    "context_from_schedule_id",
+    "include_conversation_history",
+)
+SUBSCRIPTION_CREATED_COLUMNS: Final = (
+    "conversation_id",
+    "subscription_id",
+    "user_id",
+    "agent_id",
+    "default_skill_id",
+    "name",
+    "secret_ciphertext",
+    "allowed_source_pattern",
+    "execution_mode",
+    "task_prompt_template",
+    "verification_scheme",
+    "status",
+    "rate_limit_per_minute",
+)
+
+
 def _dispatching_fire(source: Select[Any]) -> PgInsert:
     """``INSERT INTO wake_fires ... SELECT`` of ``dispatching`` fires, one per row of ``source``.
 
@@ -234,6 +278,8 @@ PREBUILT: Final[dict[str, Executable]] = {
     **_keyed("schedules", WakeSchedule, "schedule_id", ("date_created", "schedule_id")),
     **_keyed("fires", WakeFire, "fire_id", ("actual_fired_at", "fire_id")),
     **_keyed("subscriptions", WebhookSubscription, "subscription_id", ("date_created", "subscription_id")),
+    "schedules.create": _creating(WakeSchedule, SCHEDULE_CREATED_COLUMNS),
+    "subscriptions.create": _creating(WebhookSubscription, SUBSCRIPTION_CREATED_COLUMNS),
     "schedules.list_active_for_conversation": as_stored(
         select(WakeSchedule)
         .where(WakeSchedule.conversation_id == bindparam(PARTITION_COLUMN, type_=_UUID))

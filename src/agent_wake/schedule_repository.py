@@ -189,8 +189,9 @@ class WakeScheduleRepository(PartitionedRepository[WakeSchedule]):
         values["schedule_config"] = validate_schedule_config(schedule_type, schedule_config)
         if values["context_from_schedule_id"] is not None:
             await self._require_context_source(key, values["context_from_schedule_id"])
-        schedule = WakeSchedule(**key, schedule_type=schedule_type, status=status, next_fire_at=next_fire_at, **values)
-        return await self._insert(schedule)
+        return await self._insert(
+            {**key, "schedule_type": schedule_type, "status": status, "next_fire_at": next_fire_at, **values}
+        )
 
     async def list_active_for_conversation(
         self, conversation_id: uuid.UUID, *, limit: int = DEFAULT_LIST_LIMIT

@@ -75,27 +75,28 @@ class WebhookSubscriptionRepository(PartitionedRepository[WebhookSubscription]):
     ) -> WebhookSubscription:
         """Insert a subscription, its ``secret`` encrypted, and return it. One INSERT."""
         key = self._key_parameters(conversation_id, uuid_utils.uuid7() if subscription_id is None else subscription_id)
-        subscription = WebhookSubscription(
-            **key,
-            user_id=check.require_uuid("user_id", user_id),
-            agent_id=check.require_uuid("agent_id", agent_id),
-            default_skill_id=check.optional_uuid("default_skill_id", default_skill_id),
-            name=check.optional_text("name", name, max_length=500),
-            secret_ciphertext=self._secrets.encrypt(_require_secret("secret", secret)),
-            allowed_source_pattern=check.optional_text(
-                "allowed_source_pattern", allowed_source_pattern, max_length=_MAX_TEXT_LENGTH
-            ),
-            execution_mode=check.require_choice("execution_mode", execution_mode, enums.EXECUTION_MODES),
-            task_prompt_template=check.optional_text(
-                "task_prompt_template", task_prompt_template, max_length=_MAX_TEXT_LENGTH
-            ),
-            verification_scheme=check.require_slug("verification_scheme", verification_scheme),
-            status=check.require_choice("status", status, enums.SUBSCRIPTION_STATUSES),
-            rate_limit_per_minute=check.optional_int(
-                "rate_limit_per_minute", rate_limit_per_minute, minimum=1, maximum=_MAX_RATE_LIMIT
-            ),
+        return await self._insert(
+            {
+                **key,
+                "user_id": check.require_uuid("user_id", user_id),
+                "agent_id": check.require_uuid("agent_id", agent_id),
+                "default_skill_id": check.optional_uuid("default_skill_id", default_skill_id),
+                "name": check.optional_text("name", name, max_length=500),
+                "secret_ciphertext": self._secrets.encrypt(_require_secret("secret", secret)),
+                "allowed_source_pattern": check.optional_text(
+                    "allowed_source_pattern", allowed_source_pattern, max_length=_MAX_TEXT_LENGTH
+                ),
+                "execution_mode": check.require_choice("execution_mode", execution_mode, enums.EXECUTION_MODES),
+                "task_prompt_template": check.optional_text(
+                    "task_prompt_template", task_prompt_template, max_length=_MAX_TEXT_LENGTH
+                ),
+                "verification_scheme": check.require_slug("verification_scheme", verification_scheme),
+                "status": check.require_choice("status", status, enums.SUBSCRIPTION_STATUSES),
+                "rate_limit_per_minute": check.optional_int(
+                    "rate_limit_per_minute", rate_limit_per_minute, minimum=1, maximum=_MAX_RATE_LIMIT
+                ),
+            }
         )
-        return await self._insert(subscription)
 
     async def reveal_secret(self, conversation_id: uuid.UUID, subscription_id: uuid.UUID) -> str:
         """The plaintext secret, for HMAC verification. One SELECT."""
