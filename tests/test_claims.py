@@ -1,6 +1,7 @@
 """claim_due, one fire per period, crash recovery and batch finalization."""
 
 import asyncio
+import dataclasses
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -12,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from agent_wake import (
     ConflictError,
+    DueSchedule,
     FireFailure,
     FireSuccess,
     InvalidInputError,
@@ -21,7 +23,7 @@ from agent_wake import (
     WakeSchedule,
     WakeScheduleRepository,
 )
-from agent_wake._statements import PREBUILT
+from agent_wake._statements import PREBUILT, for_driver
 from agent_wake.testing import capture_sql
 from agent_wake.testing.factories import WakeFactory
 from tests.clock import NOW, in_minutes
@@ -470,3 +472,56 @@ async def test_a_failure_on_the_driver_connection_is_an_agent_wake_error(
         await driver.execute("SELECT 1 / 0")  # fails the transaction behind SQLAlchemy's back
     with pytest.raises(TransactionAbortedError):
         await WakeScheduleRepository(wake_session).claim_due(NOW, limit=10, next_fire=hourly_coalesce)
+
+
+async def _claim_watching_the_driver(session: AsyncSession, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """claim_due in a transaction that has begun; the SQL it sent with asyncpg's ``Connection.fetch``
+    (which SQLAlchemy's dialect never calls: it runs its own prepared statements)."""
+    await session.execute(text("SELECT 1"))
+    sent_on_driver: list[str] = []
+    fetch = asyncpg.Connection.fetch
+
+    async def watched_fetch(driver: asyncpg.Connection, sql: str, *arguments: Any) -> Any:
+        sent_on_driver.append(sql)
+        return await fetch(driver, sql, *arguments)
+
+    monkeypatch.setattr(asyncpg.Connection, "fetch", watched_fetch)
+    await WakeScheduleRepository(session).claim_due(NOW, limit=10, next_fire=hourly_coalesce)
+    monkeypatch.undo()
+    return sent_on_driver
+
+
+async def test_the_claim_runs_on_the_driver_connection_when_only_agent_wake_listens(
+    wake_factory: WakeFactory, wake_session: AsyncSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await wake_factory.schedule(next_fire_at=NOW - HOUR)
+    with capture_sql(wake_session) as captured:
+        sent_on_driver = await _claim_watching_the_driver(wake_session, monkeypatch)
+    tick = ("schedules.claim_lock", "schedules.claim_fires", "schedules.claim_reschedule")
+    assert sent_on_driver == [for_driver(name).sql for name in tick]
+    assert [statement.sql for statement in captured][1:] == sent_on_driver  # the guard and capture_sql saw them
+
+
+async def test_the_claim_goes_through_sqlalchemy_when_others_listen_to_the_engine(
+    wake_factory: WakeFactory, wake_session: AsyncSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await wake_factory.schedule(next_fire_at=NOW - HOUR)
+    contexts: list[object] = []
+
+    def tracing(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        contexts.append(context.execution_options)  # what a tracer does: it needs the context
+
+    connection = (await wake_session.connection()).sync_connection
+    event.listen(connection, "before_cursor_execute", tracing)
+    try:
+        sent_on_driver = await _claim_watching_the_driver(wake_session, monkeypatch)
+    finally:
+        event.remove(connection, "before_cursor_execute", tracing)
+    assert sent_on_driver == []
+    assert len(contexts) == 4  # SELECT 1 and the claim's three statements
+
+
+def test_a_due_schedule_has_the_table_columns_in_their_order() -> None:
+    assert tuple(field.name for field in dataclasses.fields(DueSchedule)) == tuple(
+        column.name for column in WakeSchedule.__table__.columns
+    )

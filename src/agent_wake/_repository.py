@@ -29,6 +29,7 @@ from agent_wake import _statements, row_security
 from agent_wake import _validation as check
 from agent_wake.errors import InvalidInputError, NotFoundError, StatusConflictError, translate_database_errors
 from agent_wake.models import PARTITION_COLUMN, Base
+from agent_wake.partition_guard import LibraryListener
 
 _Model = TypeVar("_Model", bound=Base)
 
@@ -118,29 +119,39 @@ class PartitionedRepository(Generic[_Model]):
             await row_security.declare_for_repository(self._session, named)
 
     async def _fetch_on_driver(self, name: str, values: Mapping[str, Any]) -> Sequence[Sequence[Any]]:
-        """Run the prebuilt statement ``name`` on the session's own driver connection, in its
-        transaction, and return plain rows (the tick's path: no cursor layer, no ORM objects).
+        """Run the prebuilt statement ``name`` in the session's transaction on its own driver
+        connection, and return plain rows (the tick's path: no cursor layer, no ORM objects).
 
-        The engine's ``before_cursor_execute`` listeners (the partition
-        guard, :func:`~agent_wake.testing.capture_sql`) are told of it as of
-        any statement, under the statement's span if it has one. Until the
-        transaction has sent a statement the driver has not begun it, so that
-        first one goes through SQLAlchemy, which begins it. Callers translate
-        errors.
+        Sent through SQLAlchemy (``exec_driver_sql``) instead while the driver has not begun the
+        transaction (the dialect begins it lazily, with the first statement), and whenever the
+        engine has event listeners of others, which may need SQLAlchemy's cursor and context.
+        Otherwise agent-wake's own listeners (the partition guard, ``capture_sql``) are shown the
+        statement, under its span. Refuses a session in AUTOCOMMIT: the claim's locks would not
+        outlive each statement. Callers translate errors.
         """
         statement = _statements.for_driver(name)
         arguments = statement.arguments(values)
         connection = await self._session.connection()
-        driver: Any = (await connection.get_raw_connection()).driver_connection  # asyncpg's Connection
-        if not driver.is_in_transaction():
+        raw = await connection.get_raw_connection()
+        driver: Any = raw.driver_connection  # asyncpg's Connection
+        sync_connection = connection.sync_connection
+        assert sync_connection is not None  # connected: the raw connection came from it
+        if not driver.is_in_transaction() and getattr(raw.dbapi_connection, "autocommit", False):
+            raise InvalidInputError("session", "must be in a transaction, not AUTOCOMMIT: the claim holds locks")
+        listeners = list(sync_connection.dispatch.before_cursor_execute)
+        others_listen = (
+            not all(isinstance(listener, LibraryListener) for listener in listeners)
+            or bool(list(sync_connection.dispatch.after_cursor_execute))
+            or bool(list(sync_connection.dialect.dispatch.handle_error))
+            or bool(sync_connection.engine.echo)
+        )
+        if others_listen or not driver.is_in_transaction():
             result = await connection.exec_driver_sql(
                 statement.sql, tuple(arguments), execution_options=statement.execution_options
             )
             return result.all()
-        sync_connection = connection.sync_connection
-        assert sync_connection is not None  # connected: the driver connection came from it
         with _statements.span_of(statement):
-            for listener in sync_connection.dispatch.before_cursor_execute:
+            for listener in listeners:
                 listener(sync_connection, None, statement.sql, arguments, None, False)
         rows: Sequence[Sequence[Any]] = await driver.fetch(statement.sql, *arguments)
         return rows

@@ -283,8 +283,8 @@ def translate_database_errors() -> Iterator[None]:
         raise _translated(exc) from exc
     except asyncpg.PostgresError as exc:  # a statement sent on the driver connection itself (the tick)
         raise _classified(exc.sqlstate, exc, lost=False) from exc
-    except asyncpg.InterfaceError as exc:  # the driver's own state: a closed or lost connection
-        raise _classified(None, exc, lost=True) from exc
+    except (asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError) as exc:  # the driver's own state
+        raise _classified(None, exc, lost="connection is closed" in str(exc)) from exc
     except sa_exc.PendingRollbackError as exc:  # the session saw an earlier failure of this transaction
         raise TransactionAbortedError(sqlstate=None) from exc
     except sa_exc.TimeoutError as exc:  # the pool had no connection in time

@@ -40,6 +40,7 @@ import logging
 import sys
 import threading
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -236,19 +237,43 @@ def _settings_refusal(connection: Any) -> _scope_analysis.Refusal | None:
     return None
 
 
-@dataclass
-class _Guard:
-    mode: GuardMode
+class LibraryListener(ABC):
+    """A ``before_cursor_execute`` listener agent-wake installs (the guard, ``capture_sql``'s
+    recorder), registered with ``retval=True``. It reads only the statement and, when there is
+    one, the execution context's options: it can be shown a statement the library sends on the
+    driver connection itself, with no cursor and no context. Listeners of others (tracing, APM)
+    may need both, so the library sends through SQLAlchemy when an engine has any.
+    """
 
-    def before_cursor_execute(
+    @abstractmethod
+    def __call__(
         self,
         conn: Any,
-        cursor: DBAPICursor,
+        cursor: DBAPICursor | None,
         statement: str,
         parameters: Any,
         context: ExecutionContext | None,
         executemany: bool,
-    ) -> None:
+    ) -> tuple[str, Any]: ...
+
+
+@dataclass(eq=False)  # registered as a listener: hashed by identity
+class _Guard(LibraryListener):
+    mode: GuardMode
+
+    def __call__(
+        self,
+        conn: Any,
+        cursor: DBAPICursor | None,
+        statement: str,
+        parameters: Any,
+        context: ExecutionContext | None,
+        executemany: bool,
+    ) -> tuple[str, Any]:
+        self._check(conn, statement, context)
+        return statement, parameters
+
+    def _check(self, conn: Any, statement: str, context: ExecutionContext | None) -> None:
         if self.mode == "off":
             return
         decision = _scope_analysis.decide(statement, _RULES)
@@ -303,4 +328,4 @@ def install_partition_guard(engine: Engine | AsyncEngine, *, mode: GuardMode = "
         return
     guard = _Guard(mode)
     _installed[sync_engine] = guard
-    event.listen(sync_engine, "before_cursor_execute", guard.before_cursor_execute)
+    event.listen(sync_engine, "before_cursor_execute", guard, retval=True)

@@ -20,7 +20,7 @@ from sqlalchemy.engine.interfaces import DBAPICursor, ExecutionContext
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from agent_wake.errors import InvalidInputError
-from agent_wake.partition_guard import open_span_options
+from agent_wake.partition_guard import LibraryListener, open_span_options
 
 __all__ = ["CapturedStatement", "capture_sql"]
 
@@ -74,23 +74,29 @@ def capture_sql(
     Costs one append per statement; no round trip.
     """
     listened = _listened(target)
-    captured: list[CapturedStatement] = []
+    recorder = _Recorder()
+    event.listen(listened, "before_cursor_execute", recorder, retval=True)
+    try:
+        yield recorder.captured
+    finally:
+        event.remove(listened, "before_cursor_execute", recorder)
 
-    def record(
-        connection: Connection,
-        cursor: DBAPICursor,
+
+class _Recorder(LibraryListener):
+    def __init__(self) -> None:
+        self.captured: list[CapturedStatement] = []
+
+    def __call__(
+        self,
+        conn: Any,
+        cursor: DBAPICursor | None,
         statement: str,
         parameters: Any,
         context: ExecutionContext | None,
         executemany: bool,
-    ) -> None:
+    ) -> tuple[str, Any]:
         # A statement the library sends on the driver itself (the tick's) comes with no
         # context: its span, if any, is the one open around it.
         options = context.execution_options if context is not None else open_span_options()
-        captured.append(CapturedStatement(statement, parameters, options))
-
-    event.listen(listened, "before_cursor_execute", record)
-    try:
-        yield captured
-    finally:
-        event.remove(listened, "before_cursor_execute", record)
+        self.captured.append(CapturedStatement(statement, parameters, options))
+        return statement, parameters
