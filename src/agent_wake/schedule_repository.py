@@ -339,12 +339,16 @@ class WakeScheduleRepository(PartitionedRepository[WakeSchedule]):
         tick for everyone. A period that already has its fire gets no
         second one: the schedule is advanced and not returned.
 
-        Returns one :class:`ClaimedFire` per new fire, oldest period first.
-        Costs three round trips whatever the batch size, each statement with
-        a fixed text: the locking SELECT, one ``INSERT ... SELECT FROM
-        unnest`` of the fires and one ``UPDATE ... FROM unnest``. The locks
-        are held until the caller commits; if the caller's process dies
-        first, PostgreSQL releases them and nothing was claimed.
+        ``next_fire`` gets each schedule as a :class:`DueSchedule` (the row's
+        values). Returns one :class:`ClaimedFire` per new fire, oldest period
+        first; no ORM object is built, and a schedule the session holds is
+        refreshed with the stored row. Costs three round trips whatever the
+        batch size, each statement with a fixed text: the locking SELECT, one
+        ``INSERT ... SELECT FROM unnest`` of the fires and one ``UPDATE ...
+        FROM unnest``, sent on the session's own driver connection (see
+        ``_fetch_on_driver``). The locks are held until the caller commits;
+        if the caller's process dies first, PostgreSQL releases them and
+        nothing was claimed. Refuses a session in AUTOCOMMIT.
         """
         self._refuse_on_declaring_session("claim_due")
         now = check.require_aware("now", now)
