@@ -108,6 +108,8 @@ class PartitionedRepository(Generic[_Model]):
         parameters; the cross-conversation ones name none and are refused on
         declaring sessions before they get here.
         """
+        if not row_security.declares_conversations(self._session):
+            return  # the common case: nothing to collect on every call
         named: list[uuid.UUID] = []
         for name in _CONVERSATION_PARAMETERS:
             value = parameters.get(name)
