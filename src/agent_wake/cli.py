@@ -287,10 +287,16 @@ async def _matching_schemas(engine: AsyncEngine, pattern: str) -> list[str]:
     async with engine.connect() as connection:
         names = (await connection.execute(text("SELECT nspname FROM pg_namespace ORDER BY nspname"))).scalars()
         # Only plain identifiers: the jobs put the name in SQL and in search_path.
-        schemas = [name for name in names if fnmatch.fnmatchcase(name, pattern) and _PLAIN_SCHEMA.fullmatch(name)]
+        schemas = [name for name in names if fnmatch.fnmatchcase(name, pattern) and _is_users_schema(name)]
     if not schemas:
         raise InvalidInputError("--schemas", f"no schema matches {pattern!r}")
     return schemas
+
+
+def _is_users_schema(name: str) -> bool:
+    # Only plain identifiers, as the jobs put the name in SQL and in
+    # search_path; never PostgreSQL's own schemas, whatever the pattern.
+    return bool(_PLAIN_SCHEMA.fullmatch(name)) and not name.startswith("pg_") and name != "information_schema"
 
 
 def _say(line: str) -> None:
