@@ -16,6 +16,7 @@ from agent_wake.adoption import AdoptionRefusedError, UpgradeFailedError, adopt_
 from agent_wake.database import resolve_database_url
 from agent_wake.testing.older_runner import build_with_older_runner
 from tests.conftest import ScratchDatabases
+from tests.test_migrations import alembic_refused
 
 T = TypeVar("T")
 
@@ -342,3 +343,17 @@ async def test_adoption_waits_for_the_older_runners_lock_on_the_schema(scratch_d
 def test_the_lock_key_is_the_runners_sha256_prefix() -> None:
     # sha256(b"public") begins efa1f375 (worked out with sha256sum); masked to 31 bits.
     assert _older_runner.lock_key("public") == 0xEFA1F375 & 0x7FFFFFFF
+
+
+async def test_plain_alembic_upgrade_on_a_runner_schema_says_to_adopt_it_in_one_line(
+    scratch_databases: ScratchDatabases,
+) -> None:
+    url = await scratch_databases.create()
+    await build_populated(url, "public", 4)
+
+    refused = alembic_refused("upgrade", "head", url=url)
+
+    assert "FAILED: schema public was built by the older migration runner" in refused
+    assert "agent-wake adopt --schemas public" in refused
+    assert "agent_wake_0004" in refused
+    assert "Traceback" not in refused

@@ -12,6 +12,10 @@ import hashlib
 import re
 from typing import Final
 
+from alembic import context
+from alembic.util import CommandError
+from sqlalchemy import Connection, text
+
 from agent_wake._catalog import Column, TableShape
 
 __all__ = [
@@ -22,6 +26,8 @@ __all__ = [
     "STEPS",
     "WAKE_TABLES",
     "lock_key",
+    "refuse_a_schema_the_runner_built",
+    "revision_for_step",
     "shape_after_step",
 ]
 
@@ -46,6 +52,40 @@ def lock_key(schema: str) -> int:
     """The second key of the runner's ``pg_advisory_lock(LOCK_NAMESPACE, key)`` on ``schema``:
     the first four bytes of the SHA-256 of the name, big-endian, masked to 31 bits."""
     return int.from_bytes(hashlib.sha256(schema.encode("utf-8")).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def refuse_a_schema_the_runner_built(connection: Connection) -> None:
+    """Called first by the revisions that create tables from nothing: on a
+    schema the older runner built, they would fail on its tables with a long
+    traceback. ``CommandError`` is what Alembic's command line prints as one
+    line. Does nothing offline (``--sql``), where there is no schema to read.
+    """
+    if context.is_offline_mode():
+        return
+    ledger = connection.execute(
+        text(
+            "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relname = :ledger AND n.nspname = current_schema()"
+        ),
+        {"ledger": LEDGER_TABLE},
+    ).scalar()
+    if ledger is None:
+        return
+    step = connection.execute(
+        text(f'SELECT coalesce(max(version), 0) FROM "{ledger}".{LEDGER_TABLE} WHERE package = :package'),
+        {"package": LEDGER_PACKAGE},
+    ).scalar_one()
+    raise CommandError(
+        f"schema {ledger} was built by the older migration runner (its {LEDGER_TABLE} records agent_wake step "
+        f"{step}) and has no alembic_version: adopt it instead of upgrading from nothing, with "
+        f"`agent-wake adopt --schemas {ledger}` (it checks the tables and stamps {revision_for_step(step)}), "
+        "then `agent-wake upgrade --schemas " + ledger + "`"
+    )
+
+
+def revision_for_step(step: int) -> str:
+    """Our revision for the runner's ``step``: ``agent_wake_000N``, or the upstream junction for step 0."""
+    return f"agent_wake_{step:04d}" if step else "agent_wake_upstream"
 
 
 _UUID = "uuid"

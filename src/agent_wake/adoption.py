@@ -36,13 +36,11 @@ __all__ = [
     "SchemaUpgrade",
     "UpgradeFailedError",
     "adopt_schema",
-    "revision_for_step",
     "upgrade_schema",
 ]
 
 # How long a command waits for the older runner's lock on a schema before it gives up.
 RUNNER_LOCK_TIMEOUT: Final = "30s"
-_UPSTREAM_REVISION: Final = "agent_wake_upstream"
 _DUPLICATE_PERIODS: Final = """
     SELECT count(*) FROM (
         SELECT 1 FROM wake_fires WHERE schedule_id IS NOT NULL
@@ -98,11 +96,6 @@ class SchemaUpgrade:
     dry_run: bool
 
 
-def revision_for_step(step: int) -> str:
-    """Our revision for the older runner's ``step``: ``agent_wake_000N``, or the upstream junction for step 0."""
-    return f"agent_wake_{step:04d}" if step else _UPSTREAM_REVISION
-
-
 def adopt_schema(connection: Connection, schema: str, *, dry_run: bool = False) -> SchemaAdoption:
     """Stamp ``schema``, built by the older runner, at our revision for its step; touch no row.
 
@@ -121,7 +114,7 @@ def adopt_schema(connection: Connection, schema: str, *, dry_run: bool = False) 
     validate_schema_name(schema)
     with _older_runner_lock(connection, schema):
         step = _checked_step(connection, schema)
-        revision = revision_for_step(step)
+        revision = _older_runner.revision_for_step(step)
         pending = _revisions_after(revision)
         if not dry_run:
             config = alembic_config(schema=schema)

@@ -10,6 +10,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+from agent_wake._older_runner import refuse_a_schema_the_runner_built
+
 revision: str = "agent_skills_0001"
 down_revision: str | Sequence[str] | None = None
 branch_labels: str | Sequence[str] | None = ("agent_skills",)
@@ -17,6 +19,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    refuse_a_schema_the_runner_built(op.get_bind())
     op.create_table(
         "agent_skills",
         sa.Column("agent_id", postgresql.UUID(as_uuid=True), nullable=False),
