@@ -69,6 +69,7 @@ from agent_wake.testing import execute_autocommit, migrate_to_head
 from agent_wake.testing.pytest_plugin import TEST_DATABASE_URL_VARIABLE, TestServer
 from tests import host_project
 from tests.conftest import ScratchDatabases
+from tests.test_adoption import AGENT_A, AGENT_B, build_populated
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
@@ -507,6 +508,17 @@ async def prepare_host_own_rows(work: Path, databases: ScratchDatabases, environ
     return Project(folder, url)
 
 
+async def prepare_older_runner(work: Path, databases: ScratchDatabases, environment: dict[str, str]) -> Project:
+    """A deployment the older runner built with its own DDL, with rows: ``public``
+    at step 4, two agent schemas at steps 2 and 6; ``AGENT_WAKE_DATABASE_URL`` names it."""
+    folder = work / "deployment"
+    folder.mkdir()
+    url = await databases.create()
+    for schema, step in (("public", 4), (AGENT_A, 2), (AGENT_B, 6)):
+        await build_populated(url, schema, step)
+    return Project(folder, url, {"AGENT_WAKE_DATABASE_URL": url})
+
+
 PROJECTS: dict[str, Callable[[Path, ScratchDatabases, dict[str, str]], Awaitable[Project]]] = {
     "checkout": prepare_checkout,
     "checkout-on-a-host-database": prepare_checkout_on_a_host_database,
@@ -514,6 +526,7 @@ PROJECTS: dict[str, Callable[[Path, ScratchDatabases, dict[str, str]], Awaitable
     "host-adopting": prepare_host_adopting,
     "host-moving": prepare_host_moving,
     "host-own-rows": prepare_host_own_rows,
+    "older-runner": prepare_older_runner,
 }
 
 
