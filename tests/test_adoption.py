@@ -76,7 +76,8 @@ def seed_rows(step: int) -> list[str]:
     first, second, third = (uuid.uuid4() for _ in range(3))
     subscription = uuid.uuid4()
     statements = [
-        f"INSERT INTO conversations (agent_id, conversation_id, user_id) VALUES ('{agent}', '{conversation}', '{user}')",
+        "INSERT INTO conversations (agent_id, conversation_id, user_id) "
+        f"VALUES ('{agent}', '{conversation}', '{user}')",
         f"INSERT INTO agent_skills (agent_id, skill_id, user_id, name) VALUES ('{agent}', '{skill}', '{user}', 'web')",
     ]
     if step >= 1:

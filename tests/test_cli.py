@@ -19,7 +19,9 @@ from tests.test_adoption import AGENT_A, AGENT_B, build_populated, execute, on_c
 AGENT_C = "agent_" + "c" * 32
 
 
-def agent_wake(*args: str, url: str | None, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def agent_wake(
+    *args: str, url: str | None, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("AGENT_WAKE_")}
     env.update(extra_env or {})
     url_option = ["--url", url] if url is not None else []

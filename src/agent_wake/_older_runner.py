@@ -217,7 +217,9 @@ _SUBSCRIPTIONS = TableShape(
         ),
         "webhook_subscriptions_execution_mode_check": _EXECUTION_MODE_CHECK,
         # PostgreSQL stores a one-item IN list as an equality.
-        "webhook_subscriptions_verification_scheme_check": "CHECK ((verification_scheme = 'generic_hmac_sha256'::text))",
+        "webhook_subscriptions_verification_scheme_check": (
+            "CHECK ((verification_scheme = 'generic_hmac_sha256'::text))"
+        ),
         "webhook_subscriptions_status_check": "CHECK ((status = ANY (ARRAY['active'::text, 'paused'::text])))",
     },
     indexes={

@@ -185,7 +185,7 @@ def _require_no_tables_of_ours(connection: Connection, schema: str) -> None:
             raise AdoptionRefusedError(
                 schema,
                 f"has a {table} table but no alembic_version: stamp the revision it is at "
-                "(see the README, \"Adopting a database\") before upgrading",
+                '(see the README, "Adopting a database") before upgrading',
             )
 
 
@@ -282,9 +282,7 @@ def _current_revisions(connection: Connection, schema: str) -> tuple[str, ...]:
 def _revisions_after(*current: str) -> tuple[str, ...]:
     """Our revisions from ``current`` (exclusive) to head, in the order they run."""
     script = ScriptDirectory.from_config(alembic_config())
-    return tuple(
-        revision.revision for revision in reversed(list(script.iterate_revisions("heads", current or "base")))
-    )
+    return tuple(revision.revision for revision in reversed(list(script.iterate_revisions("heads", current or "base"))))
 
 
 def _qualified(schema: str, table: str) -> str:

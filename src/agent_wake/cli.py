@@ -21,9 +21,9 @@ import fnmatch
 import os
 import re
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import timedelta
-from typing import Final
+from typing import Any, Final
 
 from sqlalchemy import pool, text
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -48,7 +48,7 @@ _DURATION = re.compile(r"([1-9][0-9]{0,6})([smhd])")
 _PLAIN_SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _SECONDS_PER_UNIT: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 
-Command = Callable[[argparse.Namespace], Awaitable[int]]
+Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -106,10 +106,14 @@ def _parser() -> argparse.ArgumentParser:
         f"(default: {KEYS_VARIABLE}); keys are never taken on the command line",
     )
     rotate.add_argument("--batch-size", type=int, default=500)
-    doctor = command("doctor", _doctor, "Check the schema, the guard, indexes, stale fires, orphans, configs.",
-                     writes=False)
+    doctor = command(
+        "doctor", _doctor, "Check the schema, the guard, indexes, stale fires, orphans, configs.", writes=False
+    )
     doctor.add_argument(
-        "--stale-after", type=_duration, default=timedelta(minutes=15), metavar="AGE",
+        "--stale-after",
+        type=_duration,
+        default=timedelta(minutes=15),
+        metavar="AGE",
         help="a dispatching fire older than this is stale (default: 15m)",
     )
     return parser
@@ -132,8 +136,10 @@ async def _adopt(args: argparse.Namespace) -> int:
                 return False
         verb = "stamped" if adoption.stamped else "would stamp"
         upcoming = ", ".join(adoption.pending) or "nothing"
-        _say(f"{schema}: step {adoption.step} of the older runner; {verb} {adoption.revision}; upgrade runs next: "
-             f"{upcoming}")
+        _say(
+            f"{schema}: step {adoption.step} of the older runner; {verb} {adoption.revision}; upgrade runs next: "
+            f"{upcoming}"
+        )
         return True
 
     return await _each_schema(args, "adopt", adopt, stop_at_failure=False)

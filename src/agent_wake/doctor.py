@@ -109,8 +109,10 @@ def _check_models(connection: Connection, schema: str, report: SchemaReport) -> 
     finally:
         connection.dialect.default_schema_name = saved
     if differences:
-        report.findings.append(f"the tables differ from the models: {_shown_difference(differences[0])}"
-                               + (f" (and {len(differences) - 1} more)" if len(differences) > 1 else ""))
+        report.findings.append(
+            f"the tables differ from the models: {_shown_difference(differences[0])}"
+            + (f" (and {len(differences) - 1} more)" if len(differences) > 1 else "")
+        )
     else:
         report.notes.append("the tables equal the models")
 
@@ -126,14 +128,18 @@ def _shown_difference(difference: Any) -> str:
 
 
 def _check_indexes(connection: Connection, schema: str, report: SchemaReport) -> None:
-    invalid = connection.execute(
-        text(
-            "SELECT i.relname FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
-            "JOIN pg_class t ON t.oid = x.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace "
-            "WHERE n.nspname = :schema AND t.relname = ANY(:tables) AND NOT x.indisvalid ORDER BY 1"
-        ),
-        {"schema": schema, "tables": list(_older_runner.WAKE_TABLES)},
-    ).scalars().all()
+    invalid = (
+        connection.execute(
+            text(
+                "SELECT i.relname FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
+                "JOIN pg_class t ON t.oid = x.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace "
+                "WHERE n.nspname = :schema AND t.relname = ANY(:tables) AND NOT x.indisvalid ORDER BY 1"
+            ),
+            {"schema": schema, "tables": list(_older_runner.WAKE_TABLES)},
+        )
+        .scalars()
+        .all()
+    )
     if invalid:
         report.findings.append(
             f"INVALID indexes, left by a failed concurrent build: {', '.join(invalid)} "
@@ -168,7 +174,8 @@ def _check_configs(connection: Connection, schema: str, report: SchemaReport) ->
     while True:
         batch = connection.execute(
             text(
-                f'SELECT conversation_id, schedule_id, schedule_type, schedule_config FROM "{schema}".agent_wake_schedules '
+                "SELECT conversation_id, schedule_id, schedule_type, schedule_config "
+                f'FROM "{schema}".agent_wake_schedules '
                 "WHERE (CAST(:after_conversation AS uuid) IS NULL "
                 "OR (conversation_id, schedule_id) > (:after_conversation, :after_schedule)) "
                 "ORDER BY conversation_id, schedule_id LIMIT :limit"

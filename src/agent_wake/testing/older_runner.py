@@ -163,8 +163,8 @@ OLDER_RUNNER_STEP_DDL: tuple[tuple[str, ...], ...] = (
         """,
         "CREATE INDEX idx_webhook_subs_conv ON webhook_subscriptions (conversation_id, status)",
         "CREATE INDEX idx_webhook_subs_user ON webhook_subscriptions (user_id)",
-        "ALTER TABLE wake_fires ADD CONSTRAINT wake_fires_webhook_subscription_fk FOREIGN KEY (webhook_subscription_id) "
-        "REFERENCES webhook_subscriptions (subscription_id) ON DELETE SET NULL",
+        "ALTER TABLE wake_fires ADD CONSTRAINT wake_fires_webhook_subscription_fk "
+        "FOREIGN KEY (webhook_subscription_id) REFERENCES webhook_subscriptions (subscription_id) ON DELETE SET NULL",
     ),
     (
         "ALTER TABLE wake_fires DROP CONSTRAINT wake_fires_status_check",
@@ -177,9 +177,7 @@ OLDER_RUNNER_STEP_DDL: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE webhook_subscriptions ADD CONSTRAINT webhook_subscriptions_verification_scheme_check "
         "CHECK (verification_scheme ~ '^[a-z0-9_]+$' AND length(verification_scheme) BETWEEN 1 AND 64)",
     ),
-    (
-        "ALTER TABLE agent_wake_schedules ADD COLUMN include_conversation_history BOOLEAN NOT NULL DEFAULT true",
-    ),
+    ("ALTER TABLE agent_wake_schedules ADD COLUMN include_conversation_history BOOLEAN NOT NULL DEFAULT true",),
 )
 
 
@@ -194,9 +192,7 @@ async def build_with_older_runner(url: str, *, schema: str = "public", through_s
     validate_schema_name(schema)
     if not 0 <= through_step <= len(_older_runner.STEPS):
         raise ValueError(f"through_step must be 0 to {len(_older_runner.STEPS)}, got {through_step}")
-    engine = create_async_engine(
-        resolve_database_url(url), poolclass=pool.NullPool, isolation_level="AUTOCOMMIT"
-    )
+    engine = create_async_engine(resolve_database_url(url), poolclass=pool.NullPool, isolation_level="AUTOCOMMIT")
     try:
         async with engine.connect() as connection:
             await connection.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
