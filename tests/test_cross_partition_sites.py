@@ -17,9 +17,9 @@ from agent_wake.testing import capture_sql
 from tests.clock import NOW
 
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "agent_wake"
-# The tick's scan and claim, the webhook receiver's lookup and the recovery
-# job's scan (prebuilt statements, named by their key in
-# _statements.PREBUILT), and the pytest plugin's (testing/pytest_plugin.py)
+# The tick's scan and claim, the webhook receiver's lookup, the recovery
+# job's scan and the maintenance jobs' counts, batches and pages (prebuilt
+# statements, named by their key in _statements.PREBUILT), and the pytest plugin's (testing/pytest_plugin.py)
 # teardown that empties the wake tables after a test of wake_engine or of the
 # row-level-security session fixtures (a function). _statements.span_of enters,
 # for a tick statement sent on the driver connection, that prebuilt entry's own
@@ -30,6 +30,17 @@ DOCUMENTED_CROSS_PARTITION_SITES = {
     "schedules.claim_lock_excluding",
     "subscriptions.find_by_id",
     "fires.list_stale_dispatching",
+    "fires.count_prunable",
+    "fires.prune",
+    "fires.count_orphans",
+    "schedules.count_orphans",
+    "subscriptions.count_orphans",
+    "fires.delete_orphans",
+    "schedules.delete_orphans",
+    "subscriptions.delete_orphans",
+    "subscriptions.count",
+    "subscriptions.first_secrets",
+    "subscriptions.secrets_after",
     "_empty_tables",
     "span_of",
 }

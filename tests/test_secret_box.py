@@ -100,3 +100,65 @@ def test_a_ciphertext_that_is_not_bytes_is_refused() -> None:
     with pytest.raises(InvalidInputError) as caught:
         box.decrypt(box.encrypt("s").decode("ascii"))  # type: ignore[arg-type]
     assert caught.value.field == "ciphertext"
+
+
+def test_is_current_only_for_a_ciphertext_of_the_first_key() -> None:
+    old, new = SecretBox.generate_key(), SecretBox.generate_key()
+    rotated = SecretBox.from_keys(new, old)
+    assert rotated.is_current(rotated.encrypt("s"))
+    assert not rotated.is_current(SecretBox.from_keys(old).encrypt("s"))
+
+
+def test_a_ciphertext_no_key_opens_is_not_current() -> None:
+    box = SecretBox.from_keys(SecretBox.generate_key())
+    assert not box.is_current(SecretBox.from_keys(SecretBox.generate_key()).encrypt("s"))
+
+
+def test_reencrypt_gives_a_ciphertext_the_first_key_alone_opens() -> None:
+    old, new = SecretBox.generate_key(), SecretBox.generate_key()
+    from_old = SecretBox.from_keys(old).encrypt("hunter2-but-longer")
+    fresh = SecretBox.from_keys(new, old).reencrypt(from_old)
+    assert SecretBox.from_keys(new).decrypt(fresh) == "hunter2-but-longer"
+    with pytest.raises(SecretDecryptionError):
+        SecretBox.from_keys(old).decrypt(fresh)
+
+
+def test_reencrypt_carries_a_plaintext_that_is_not_utf8_over_unchanged() -> None:
+    old, new = SecretBox.generate_key(), SecretBox.generate_key()
+    fresh = SecretBox.from_keys(new, old).reencrypt(Fernet(old).encrypt(NOT_UTF8))
+    assert Fernet(new).decrypt(fresh) == NOT_UTF8
+
+
+def test_reencrypt_refuses_a_ciphertext_no_key_opens_without_showing_a_key() -> None:
+    key = SecretBox.generate_key()
+    with pytest.raises(SecretDecryptionError) as caught:
+        SecretBox.from_keys(key).reencrypt(SecretBox.from_keys(SecretBox.generate_key()).encrypt(MARKER))
+    assert "cannot be decrypted" in str(caught.value)
+    assert key not in str(caught.value)
+
+
+class _LyingFernet(Fernet):
+    """Encrypts under a key other than its own: what reencrypt's check is there to catch."""
+
+    def encrypt(self, data: bytes) -> bytes:
+        return Fernet(Fernet.generate_key()).encrypt(data)
+
+
+def test_reencrypt_refuses_a_result_the_first_key_alone_does_not_open() -> None:
+    old = SecretBox.generate_key()
+    box = SecretBox([_LyingFernet(Fernet.generate_key()), Fernet(old)])
+    with pytest.raises(SecretDecryptionError, match="does not decrypt to itself") as caught:
+        box.reencrypt(Fernet(old).encrypt(MARKER.encode()))
+    for link in chain_of(caught.value):
+        assert MARKER not in str(link)
+    for frame, _ in traceback.walk_tb(caught.value.__traceback__):
+        if frame.f_globals["__name__"] == "agent_wake.secret_box":
+            assert all(MARKER not in repr(value) for value in frame.f_locals.values())
+
+
+@pytest.mark.parametrize("method", ["is_current", "reencrypt"])
+def test_is_current_and_reencrypt_refuse_a_ciphertext_that_is_not_bytes(method: str) -> None:
+    box = SecretBox.from_keys(SecretBox.generate_key())
+    with pytest.raises(InvalidInputError) as caught:
+        getattr(box, method)(box.encrypt("s").decode("ascii"))
+    assert caught.value.field == "ciphertext"

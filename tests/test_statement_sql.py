@@ -220,6 +220,93 @@ PINNED: dict[str, str] = {
         "webhook_subscriptions \nWHERE webhook_subscriptions.conversation_id = $1::UUID AND "
         "webhook_subscriptions.subscription_id = $2::UUID"
     ),
+    "fires.purge_conversation": ("DELETE FROM wake_fires WHERE wake_fires.conversation_id = $1::UUID"),
+    "schedules.purge_conversation": (
+        "DELETE FROM agent_wake_schedules WHERE agent_wake_schedules.conversation_id = $1::UUID"
+    ),
+    "subscriptions.purge_conversation": (
+        "DELETE FROM webhook_subscriptions WHERE webhook_subscriptions.conversation_id = $1::UUID"
+    ),
+    "fires.count_prunable": (
+        "wake_fires \nWHERE wake_fires.actual_fired_at < now() - $1::INTERVAL AND wake_fires.status !="
+        " 'dispatching' AND (wake_fires.schedule_id IS NULL OR (wake_fires.status NOT IN ('fired', "
+        "'fired_silent')) OR (EXISTS (SELECT * \nFROM wake_fires AS later_output \nWHERE "
+        "later_output.schedule_id = wake_fires.schedule_id AND later_output.status IN ('fired', "
+        "'fired_silent') AND (later_output.actual_fired_at, later_output.fire_id) > "
+        "(wake_fires.actual_fired_at, wake_fires.fire_id))))"
+    ),
+    "fires.prune": (
+        "DELETE FROM wake_fires WHERE wake_fires.fire_id = ANY (array((SELECT candidate.fire_id \nFROM"
+        " wake_fires AS candidate \nWHERE candidate.conversation_id >= $1::UUID AND "
+        "candidate.actual_fired_at < $2::TIMESTAMP WITH TIME ZONE AND candidate.status != "
+        "'dispatching' AND (candidate.schedule_id IS NULL OR (candidate.status NOT IN ('fired', "
+        "'fired_silent')) OR (EXISTS (SELECT * \nFROM wake_fires AS later_output \nWHERE "
+        "later_output.schedule_id = candidate.schedule_id AND later_output.status IN ('fired', "
+        "'fired_silent') AND (later_output.actual_fired_at, later_output.fire_id) > "
+        "(candidate.actual_fired_at, candidate.fire_id)))) ORDER BY candidate.conversation_id, "
+        "candidate.actual_fired_at DESC \n LIMIT $3::INTEGER FOR UPDATE SKIP LOCKED)))"
+    ),
+    "fires.count_orphans": (
+        "wake_fires \nWHERE NOT (EXISTS (SELECT * \nFROM conversations \nWHERE "
+        "conversations.conversation_id = wake_fires.conversation_id))"
+    ),
+    "schedules.count_orphans": (
+        "agent_wake_schedules \nWHERE NOT (EXISTS (SELECT * \nFROM conversations \nWHERE "
+        "conversations.conversation_id = agent_wake_schedules.conversation_id))"
+    ),
+    "subscriptions.count_orphans": (
+        "webhook_subscriptions \nWHERE NOT (EXISTS (SELECT * \nFROM conversations \nWHERE "
+        "conversations.conversation_id = webhook_subscriptions.conversation_id))"
+    ),
+    "fires.delete_orphans": (
+        "DELETE FROM wake_fires WHERE wake_fires.fire_id = ANY (array((SELECT candidate.fire_id \nFROM"
+        " wake_fires AS candidate \nWHERE candidate.conversation_id >= $1::UUID AND NOT (EXISTS "
+        "(SELECT * \nFROM conversations \nWHERE conversations.conversation_id = "
+        "candidate.conversation_id)) ORDER BY candidate.conversation_id, candidate.fire_id \n LIMIT "
+        "$2::INTEGER FOR UPDATE SKIP LOCKED)))"
+    ),
+    "schedules.delete_orphans": (
+        "DELETE FROM agent_wake_schedules WHERE agent_wake_schedules.schedule_id = ANY (array((SELECT"
+        " candidate.schedule_id \nFROM agent_wake_schedules AS candidate \nWHERE "
+        "candidate.conversation_id >= $1::UUID AND NOT (EXISTS (SELECT * \nFROM conversations \nWHERE "
+        "conversations.conversation_id = candidate.conversation_id)) AND NOT (EXISTS (SELECT * \nFROM "
+        "wake_fires \nWHERE wake_fires.schedule_id = candidate.schedule_id)) ORDER BY "
+        "candidate.conversation_id, candidate.schedule_id \n LIMIT $2::INTEGER FOR UPDATE SKIP "
+        "LOCKED)))"
+    ),
+    "subscriptions.delete_orphans": (
+        "DELETE FROM webhook_subscriptions WHERE webhook_subscriptions.subscription_id = ANY "
+        "(array((SELECT candidate.subscription_id \nFROM webhook_subscriptions AS candidate \nWHERE "
+        "candidate.conversation_id >= $1::UUID AND NOT (EXISTS (SELECT * \nFROM conversations \nWHERE "
+        "conversations.conversation_id = candidate.conversation_id)) AND NOT (EXISTS (SELECT * \nFROM "
+        "wake_fires \nWHERE wake_fires.webhook_subscription_id = candidate.subscription_id)) ORDER BY "
+        "candidate.conversation_id, candidate.subscription_id \n LIMIT $2::INTEGER FOR UPDATE SKIP "
+        "LOCKED)))"
+    ),
+    "subscriptions.count": ("webhook_subscriptions"),
+    "subscriptions.first_secrets": (
+        "webhook_subscriptions ORDER BY webhook_subscriptions.conversation_id, "
+        "webhook_subscriptions.subscription_id \n LIMIT $1::INTEGER"
+    ),
+    "subscriptions.secrets_after": (
+        "webhook_subscriptions \nWHERE (webhook_subscriptions.conversation_id, "
+        "webhook_subscriptions.subscription_id) > ($1::UUID, $2::UUID) ORDER BY "
+        "webhook_subscriptions.conversation_id, webhook_subscriptions.subscription_id \n LIMIT "
+        "$3::INTEGER"
+    ),
+    "subscriptions.reencrypt_secrets": (
+        "UPDATE webhook_subscriptions SET secret_ciphertext=still_old.new_ciphertext, "
+        "date_updated=now() FROM (SELECT locked.conversation_id AS conversation_id, "
+        "locked.subscription_id AS subscription_id, rotated.new_ciphertext AS new_ciphertext \nFROM "
+        "webhook_subscriptions AS locked JOIN unnest($1::UUID[], $2::UUID[], $3::BYTEA[], "
+        "$4::BYTEA[]) AS rotated(conversation_id, subscription_id, old_ciphertext, new_ciphertext) ON"
+        " locked.conversation_id = rotated.conversation_id AND locked.subscription_id = "
+        "rotated.subscription_id AND locked.secret_ciphertext = rotated.old_ciphertext \nWHERE "
+        "locked.conversation_id = ANY ($1::UUID[]) FOR UPDATE OF locked SKIP LOCKED) AS still_old "
+        "WHERE webhook_subscriptions.conversation_id = ANY ($1::UUID[]) AND "
+        "webhook_subscriptions.conversation_id = still_old.conversation_id AND "
+        "webhook_subscriptions.subscription_id = still_old.subscription_id"
+    ),
 }
 
 ID = uuid.UUID("00000000-0000-0000-0000-000000000001")
@@ -243,19 +330,35 @@ RETURNING_MODELS = sorted(
 )
 
 
-def test_only_counts_deletes_single_column_reads_and_the_tick_return_no_models() -> None:
+def test_only_counts_deletes_single_column_reads_the_tick_and_maintenance_return_no_models() -> None:
     # Everything else returns rows of a model, and must load them as stored (next test). The tick's
     # statements run on the driver as plain rows; claim_due refreshes held schedules itself.
     assert sorted(set(PREBUILT) - set(RETURNING_MODELS)) == [
         "fires.count_in_window",
+        "fires.count_orphans",
+        "fires.count_prunable",
         "fires.delete",
+        "fires.delete_orphans",
+        "fires.prune",
+        "fires.purge_conversation",
         "schedules.claim_fires",  # returns (schedule_id, fire_id) only: claims are plain records
         "schedules.claim_reschedule",  # returns the key and the columns it changes
         "schedules.count_active_for_conversation",
+        "schedules.count_orphans",
         "schedules.delete",
+        "schedules.delete_orphans",
+        "schedules.purge_conversation",
         "schedules.source_exists",
+        # The maintenance jobs' batches and pages work in sessions of their own: no held objects to load.
+        "subscriptions.count",
+        "subscriptions.count_orphans",
         "subscriptions.delete",
+        "subscriptions.delete_orphans",
+        "subscriptions.first_secrets",
+        "subscriptions.purge_conversation",
+        "subscriptions.reencrypt_secrets",
         "subscriptions.secret_ciphertext",
+        "subscriptions.secrets_after",
     ]
 
 

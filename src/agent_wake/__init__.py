@@ -35,6 +35,14 @@ from agent_wake.errors import (
     TransactionAbortedError,
 )
 from agent_wake.fire_repository import FireFailure, FireSuccess, WakeFireRepository
+from agent_wake.maintenance import (
+    OrphanCounts,
+    PurgedConversation,
+    delete_orphans,
+    prune_fires,
+    purge_conversation,
+    rotate_secrets,
+)
 from agent_wake.migration_config import STANDIN_VERSIONS, WAKE_VERSIONS, alembic_config
 from agent_wake.models import Base, WakeFire, WakeSchedule, WebhookSubscription
 from agent_wake.partition_guard import GuardMode, PartitionSpan, install_partition_guard, spans_partitions
@@ -82,8 +90,10 @@ __all__ = [
     "MissedFirePolicy",
     "NextFire",
     "NotFoundError",
+    "OrphanCounts",
     "PartitionScopeError",
     "PartitionSpan",
+    "PurgedConversation",
     "RetryableError",
     "RowSecurityError",
     "ScheduleChanges",
@@ -104,12 +114,16 @@ __all__ = [
     "alembic_config",
     "create_engine_and_session_factory",
     "declare_conversations",
+    "delete_orphans",
     "enforce_row_security",
     "generate_declaration_key",
     "install_partition_guard",
     "install_row_security",
+    "prune_fires",
+    "purge_conversation",
     "register_schedule_type",
     "resolve_database_url",
+    "rotate_secrets",
     "spans_partitions",
     "use_row_security",
     "validate_schedule_config",

@@ -18,6 +18,7 @@ unflushed changes to the objects it returns with the stored row.
 
 import uuid
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any, ClassVar, Final, Generic, TypeVar
 
 from sqlalchemy import Executable
@@ -78,7 +79,9 @@ class PartitionedRepository(Generic[_Model]):
         deleted = await self._scalar(self._prebuilt("delete"), parameters)
         if deleted is None:
             raise self._not_found(parameters)
-        self._forget_deleted(parameters)
+        forget_deleted(
+            self._session, self.model, self.id_column, parameters[PARTITION_COLUMN], {parameters[self.id_column]}
+        )
 
     def _prebuilt(self, name: str) -> Executable:
         return _statements.PREBUILT[f"{self.statement_prefix}.{name}"]
@@ -202,33 +205,40 @@ class PartitionedRepository(Generic[_Model]):
         found = self._session.identity_map.get(identity_key(model, key))
         return found if isinstance(found, model) else None
 
-    def _forget_deleted(self, key: Mapping[str, uuid.UUID]) -> None:
-        """Apply a delete to the held objects, as the database applied it to the rows.
 
-        The deleted row's object leaves the session; objects whose foreign
-        key names it leave too (ON DELETE CASCADE) or get NULL there (SET
-        NULL). An expired object of a referring table in the same
-        conversation cannot be checked without I/O; it leaves the session
-        (it holds no change: the next read loads it again).
-        """
-        deleted_table = _statements.table_of(self.model)
-        deleted = self._held(self.model, (key[PARTITION_COLUMN], key[self.id_column]))
+def forget_deleted(
+    session: AsyncSession, model: type[Base], id_column: str, conversation_id: uuid.UUID, ids: AbstractSet[uuid.UUID]
+) -> None:
+    """Apply a delete of the rows (``conversation_id``, each of ``ids``) of ``model`` to the
+    session's held objects, as the database applied it to the rows.
+
+    The deleted rows' objects leave the session; objects whose foreign key
+    names one of them leave too (ON DELETE CASCADE) or get NULL there (SET
+    NULL). An expired object of a referring table in the same conversation
+    cannot be checked without I/O; it leaves the session (it holds no
+    change: the next read loads it again). No I/O.
+    """
+    if not ids:
+        return
+    deleted_table = _statements.table_of(model)
+    for entity_id in ids:
+        deleted = session.identity_map.get(identity_key(model, (conversation_id, entity_id)))
         if deleted is not None:
-            self._session.expunge(deleted)
-        for held in list(self._session.identity_map.values()):
-            state = attributes.instance_state(held)
-            for foreign_key in state.mapper.local_table.foreign_keys:
-                if foreign_key.column.table is not deleted_table or foreign_key.column.name != self.id_column:
-                    continue
-                column = foreign_key.parent.key
-                if column not in state.dict:
-                    if state.identity is not None and state.identity[0] == key[PARTITION_COLUMN]:
-                        self._session.expunge(held)
-                        break
-                    continue
-                if state.dict[column] != key[self.id_column]:
-                    continue
-                if foreign_key.ondelete == "CASCADE":
-                    self._session.expunge(held)
+            session.expunge(deleted)
+    for held in list(session.identity_map.values()):
+        state = attributes.instance_state(held)
+        for foreign_key in state.mapper.local_table.foreign_keys:
+            if foreign_key.column.table is not deleted_table or foreign_key.column.name != id_column:
+                continue
+            column = foreign_key.parent.key
+            if column not in state.dict:
+                if state.identity is not None and state.identity[0] == conversation_id:
+                    session.expunge(held)
                     break
-                attributes.set_committed_value(held, column, None)
+                continue
+            if state.dict[column] not in ids:
+                continue
+            if foreign_key.ondelete == "CASCADE":
+                session.expunge(held)
+                break
+            attributes.set_committed_value(held, column, None)

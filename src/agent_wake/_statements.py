@@ -1,5 +1,5 @@
-"""Every statement the repositories send more than once, built once with
-bind parameters and found by name in :data:`PREBUILT`.
+"""Every statement the repositories and the maintenance jobs send more than
+once, built once with bind parameters and found by name in :data:`PREBUILT`.
 
 Built once, a call skips building the statement and its cache key (a third
 of a ``get``'s client time). The text of each is fixed whatever the values,
@@ -38,16 +38,22 @@ from sqlalchemy import (
     DateTime,
     Executable,
     Integer,
+    Interval,
+    LargeBinary,
     Table,
     Text,
     all_,
+    and_,
     any_,
     bindparam,
     delete,
+    exists,
     func,
     literal_column,
     null,
+    or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
@@ -57,11 +63,13 @@ from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Delete, Insert, Update
 from sqlalchemy.sql.elements import ClauseElement
-from sqlalchemy.sql.selectable import Select, TableValuedAlias, TypedReturnsRows
+from sqlalchemy.sql.selectable import FromClause, Select, TableValuedAlias, TypedReturnsRows
 from sqlalchemy.types import TypeEngine
 
+from agent_wake import enums
 from agent_wake.models import PARTITION_COLUMN, Base, WakeFire, WakeSchedule, WebhookSubscription
 from agent_wake.partition_guard import span_reason, spans_partitions
+from agent_wake.standins import Conversation
 
 __all__ = ["PREBUILT", "RESCHEDULED_COLUMNS", "DriverStatement", "constant", "for_driver", "returning_rows", "span_of"]
 
@@ -274,6 +282,149 @@ _DUE_FIRST: Final = (
     .limit(bindparam("limit", type_=Integer))
 )
 
+_SUBSCRIPTIONS: Final = table_of(WebhookSubscription)
+# Unqualified, so the conversations table on the connection's search_path: a host's own, or the stand-in.
+_CONVERSATIONS: Final = cast(Table, Conversation.__table__)
+_OUTPUT_STATUSES: Final = [constant(status) for status in enums.OUTPUT_FIRE_STATUSES]
+# Where a maintenance job resumes: the conversation_id its last batch (or page) ended at.
+_BATCH_START: Final = bindparam("after_conversation_id", type_=_UUID)
+_BATCH_SIZE: Final = bindparam("batch_size", type_=Integer)
+_PRUNE_CUTOFF: Final = func.now() - bindparam("older_than", type_=Interval())
+
+
+def _of_conversation(table: Table) -> ColumnElement[bool]:
+    return table.c[PARTITION_COLUMN] == bindparam(PARTITION_COLUMN, type_=_UUID)
+
+
+def _prunable(fires: FromClause, cutoff: ColumnElement[Any]) -> ColumnElement[bool]:
+    """The fires of ``fires`` that ``prune_fires`` deletes: fired before ``cutoff``, not
+    ``dispatching``, and not their schedule's latest fire with output (latest by
+    ``actual_fired_at``, then ``fire_id``), which a context-from reader needs.
+
+    The later output is looked up through ``idx_wake_fires_schedule_time``.
+    """
+    later = _FIRES.alias("later_output")
+    later_output = exists().where(
+        later.c.schedule_id == fires.c.schedule_id,
+        later.c.status.in_(_OUTPUT_STATUSES),
+        tuple_(later.c.actual_fired_at, later.c.fire_id) > tuple_(fires.c.actual_fired_at, fires.c.fire_id),
+    )
+    return and_(
+        fires.c.actual_fired_at < cutoff,
+        fires.c.status != constant("dispatching"),
+        or_(fires.c.schedule_id.is_(None), fires.c.status.not_in(_OUTPUT_STATUSES), later_output),
+    )
+
+
+def _deleting_locked(table: Table, id_column: str, candidates: Select[Any]) -> Executable:
+    """``DELETE`` of the first ``batch_size`` rows ``candidates`` selects (their ``id_column``,
+    unique on its own, in index order) that no other transaction holds: ``FOR UPDATE SKIP
+    LOCKED`` skips a held row, never waits for it. Returns each deleted row's conversation_id.
+
+    ``candidates`` starts at ``after_conversation_id`` and walks an index that leads with
+    conversation_id, so each batch starts where the last one stopped: a run reads each row
+    about once whatever the batch size, and only the rows the last batch's conversation keeps
+    (or skipped) are read again. The ids go to the DELETE as one array (``= ANY (array((SELECT
+    ...)))``), which it finds through the id's unique index: joined instead, the generic plan
+    guesses a tenth of the table for the LIMIT and reads the whole table to join it.
+    """
+    chosen = candidates.limit(_BATCH_SIZE).with_for_update(skip_locked=True).scalar_subquery()
+    return delete(table).where(table.c[id_column] == any_(func.array(chosen))).returning(table.c[PARTITION_COLUMN])
+
+
+def _pruning() -> Executable:
+    """A batch of ``prune_fires``, in ``idx_wake_fires_conv_time`` order: the cutoff is checked in
+    the index, so the heap is read only for old fires."""
+    candidate = _FIRES.alias("candidate")
+    return _deleting_locked(
+        _FIRES,
+        "fire_id",
+        select(candidate.c.fire_id)
+        .where(candidate.c.conversation_id >= _BATCH_START)
+        .where(_prunable(candidate, bindparam("cutoff", type_=_INSTANT)))
+        .order_by(candidate.c.conversation_id, candidate.c.actual_fired_at.desc()),
+    )
+
+
+def _orphaned(rows: FromClause) -> ColumnElement[bool]:
+    return ~exists().where(_CONVERSATIONS.c.conversation_id == rows.c[PARTITION_COLUMN])
+
+
+def _counting_orphans(table: Table) -> Select[Any]:
+    return select(func.count()).select_from(table).where(_orphaned(table))
+
+
+def _deleting_orphans(table: Table, id_column: str, *referring: ColumnElement[Any]) -> Executable:
+    """A batch of ``delete_orphans`` on ``table``, in primary-key order. A row that a column of
+    ``referring`` still names (a fire the fires' batches skipped, or one written since) waits for a
+    later run: deleting it would reach, by ON DELETE CASCADE or SET NULL, a row no batch locked."""
+    candidate = table.alias("candidate")
+    still_named = [~exists().where(column == candidate.c[id_column]) for column in referring]
+    return _deleting_locked(
+        table,
+        id_column,
+        select(candidate.c[id_column])
+        .where(candidate.c[PARTITION_COLUMN] >= _BATCH_START, _orphaned(candidate), *still_named)
+        .order_by(candidate.c[PARTITION_COLUMN], candidate.c[id_column]),
+    )
+
+
+def _secrets_page(*, after: bool) -> Select[Any]:
+    """Up to ``batch_size`` subscriptions' secrets in primary-key order: the first page, or the one
+    after (``after_conversation_id``, ``after_subscription_id``). Takes no locks."""
+    key = (_SUBSCRIPTIONS.c.conversation_id, _SUBSCRIPTIONS.c.subscription_id)
+    page = select(*key, _SUBSCRIPTIONS.c.secret_ciphertext).order_by(*key).limit(_BATCH_SIZE)
+    if after:
+        page = page.where(tuple_(*key) > tuple_(_BATCH_START, bindparam("after_subscription_id", type_=_UUID)))
+    return page
+
+
+def _reencrypting() -> Executable:
+    """Each row of the batch (``rotated``: key, the ciphertext read, the new one) gets its new
+    ciphertext only if it still holds the one read and no other transaction holds it (``FOR UPDATE
+    SKIP LOCKED`` in ``still_old``): neither a concurrent change nor a held row is waited for or
+    overwritten. Returns the subscription_id of each row written.
+
+    The batch's conversations, as one array, pin both references to the table for the guard.
+    """
+    rotated = unnest_rows(
+        "rotated",
+        {
+            PARTITION_COLUMN: _UUID,
+            "subscription_id": _UUID,
+            "old_ciphertext": LargeBinary(),
+            "new_ciphertext": LargeBinary(),
+        },
+    )
+    conversations = bindparam(f"rotated_{PARTITION_COLUMN}", type_=ARRAY(_UUID))
+    locked = _SUBSCRIPTIONS.alias("locked")
+    still_old = (
+        select(locked.c.conversation_id, locked.c.subscription_id, rotated.c.new_ciphertext)
+        .join_from(
+            locked,
+            rotated,
+            and_(
+                locked.c.conversation_id == rotated.c.conversation_id,
+                locked.c.subscription_id == rotated.c.subscription_id,
+                locked.c.secret_ciphertext == rotated.c.old_ciphertext,
+            ),
+        )
+        .where(locked.c.conversation_id == any_(conversations))
+        .with_for_update(of=locked, skip_locked=True)
+        .subquery("still_old")
+    )
+    return (
+        update(_SUBSCRIPTIONS)
+        .where(
+            _SUBSCRIPTIONS.c.conversation_id == any_(conversations),
+            _SUBSCRIPTIONS.c.conversation_id == still_old.c.conversation_id,
+            _SUBSCRIPTIONS.c.subscription_id == still_old.c.subscription_id,
+        )
+        .values(secret_ciphertext=still_old.c.new_ciphertext)
+        .returning(_SUBSCRIPTIONS.c.subscription_id)
+    )
+
+
 PREBUILT: Final[dict[str, Executable]] = {
     **_keyed("schedules", WakeSchedule, "schedule_id", ("date_created", "schedule_id")),
     **_keyed("fires", WakeFire, "fire_id", ("actual_fired_at", "fire_id")),
@@ -396,6 +547,50 @@ PREBUILT: Final[dict[str, Executable]] = {
     "subscriptions.secret_ciphertext": select(table_of(WebhookSubscription).c.secret_ciphertext).where(
         _key_of(WebhookSubscription, "subscription_id")
     ),
+    # The operator's jobs (agent_wake.maintenance). purge_conversation's, one conversation each:
+    "fires.purge_conversation": delete(_FIRES).where(_of_conversation(_FIRES)),
+    "schedules.purge_conversation": delete(_SCHEDULES)
+    .where(_of_conversation(_SCHEDULES))
+    .returning(_SCHEDULES.c.schedule_id),
+    "subscriptions.purge_conversation": delete(_SUBSCRIPTIONS)
+    .where(_of_conversation(_SUBSCRIPTIONS))
+    .returning(_SUBSCRIPTIONS.c.subscription_id),
+    # prune_fires: the cutoff and the count, from one now(); then the batches.
+    "fires.count_prunable": select(_PRUNE_CUTOFF.label("cutoff"), func.count())
+    .select_from(_FIRES)
+    .where(_prunable(_FIRES, _PRUNE_CUTOFF))
+    .execution_options(**spans_partitions("maintenance: count the fires prune_fires would delete")),
+    "fires.prune": _pruning().execution_options(**spans_partitions("maintenance: prune old fires")),
+    # delete_orphans: fires, then schedules, then subscriptions.
+    "fires.count_orphans": _counting_orphans(_FIRES).execution_options(
+        **spans_partitions("maintenance: count fires of deleted conversations")
+    ),
+    "schedules.count_orphans": _counting_orphans(_SCHEDULES).execution_options(
+        **spans_partitions("maintenance: count schedules of deleted conversations")
+    ),
+    "subscriptions.count_orphans": _counting_orphans(_SUBSCRIPTIONS).execution_options(
+        **spans_partitions("maintenance: count webhook subscriptions of deleted conversations")
+    ),
+    "fires.delete_orphans": _deleting_orphans(_FIRES, "fire_id").execution_options(
+        **spans_partitions("maintenance: delete fires of deleted conversations")
+    ),
+    "schedules.delete_orphans": _deleting_orphans(_SCHEDULES, "schedule_id", _FIRES.c.schedule_id).execution_options(
+        **spans_partitions("maintenance: delete schedules of deleted conversations")
+    ),
+    "subscriptions.delete_orphans": _deleting_orphans(
+        _SUBSCRIPTIONS, "subscription_id", _FIRES.c.webhook_subscription_id
+    ).execution_options(**spans_partitions("maintenance: delete webhook subscriptions of deleted conversations")),
+    # rotate_secrets: the count, the pages of secrets, the conditional writes (partition-scoped).
+    "subscriptions.count": select(func.count())
+    .select_from(_SUBSCRIPTIONS)
+    .execution_options(**spans_partitions("maintenance: count webhook subscriptions for a key rotation")),
+    "subscriptions.first_secrets": _secrets_page(after=False).execution_options(
+        **spans_partitions("maintenance: read webhook secrets for a key rotation")
+    ),
+    "subscriptions.secrets_after": _secrets_page(after=True).execution_options(
+        **spans_partitions("maintenance: read webhook secrets for a key rotation")
+    ),
+    "subscriptions.reencrypt_secrets": _reencrypting(),
 }
 
 

@@ -20,6 +20,7 @@ constraint name. No message repeats a value the caller sent, so a secret
 cannot leak through one.
 """
 
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -180,7 +181,18 @@ class PartitionScopeError(AgentWakeError):
 
 
 class SecretDecryptionError(AgentWakeError):
-    """A stored secret cannot be decrypted with any of the configured keys."""
+    """A stored secret cannot be decrypted with any of the configured keys.
+
+    ``conversation_id`` and ``subscription_id`` name the subscription whose
+    secret it is when the code that read it knows (a key rotation), else ``None``.
+    """
+
+    def __init__(
+        self, message: str, *, conversation_id: uuid.UUID | None = None, subscription_id: uuid.UUID | None = None
+    ) -> None:
+        super().__init__(message)
+        self.conversation_id = conversation_id
+        self.subscription_id = subscription_id
 
 
 _UNIQUE_VIOLATION: Final = "23505"

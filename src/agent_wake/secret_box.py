@@ -2,9 +2,13 @@
 
 HMAC verification needs the raw secret, so it is encrypted rather than
 hashed. Several keys allow rotation: new ciphertext uses the first key,
-and any key decrypts.
+and any key decrypts. To retire a key, put the new one first, re-encrypt
+the stored secrets (:func:`agent_wake.maintenance.rotate_secrets`, built
+on :meth:`SecretBox.is_current` and :meth:`SecretBox.reencrypt`), then drop
+the old key.
 """
 
+import hmac
 import secrets
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -27,6 +31,7 @@ class SecretBox:
         if not fernets:
             raise InvalidInputError("keys", "at least one Fernet key is required")
         self._fernet = MultiFernet(fernets)
+        self._first = fernets[0]
         self._key_count = len(fernets)
 
     @classmethod
@@ -61,8 +66,7 @@ class SecretBox:
     def decrypt(self, ciphertext: bytes) -> str:
         """The plaintext of ``ciphertext``; refuses one that no key opens or
         whose plaintext is not UTF-8 text, without showing the plaintext."""
-        if not isinstance(ciphertext, bytes):
-            raise InvalidInputError("ciphertext", "must be bytes")
+        _require_ciphertext(ciphertext)
         try:
             plaintext = _utf8_or_none(self._fernet.decrypt(ciphertext))
         except InvalidToken:
@@ -71,8 +75,57 @@ class SecretBox:
             raise SecretDecryptionError("the stored secret decrypts to bytes that are not UTF-8 text")
         return plaintext
 
+    def is_current(self, ciphertext: bytes) -> bool:
+        """Whether the first key alone opens ``ciphertext`` (nothing to re-encrypt).
+
+        False for a ciphertext of another key and for one no key opens. Costs
+        one HMAC check, and one decryption when it passes; the plaintext is dropped.
+        """
+        _require_ciphertext(ciphertext)
+        try:
+            self._first.decrypt(ciphertext)
+        except InvalidToken:
+            return False
+        return True
+
+    def reencrypt(self, ciphertext: bytes) -> bytes:
+        """``ciphertext``'s plaintext encrypted again under the first key, checked before it is returned.
+
+        Opens ``ciphertext`` with any key, encrypts the plaintext's bytes as
+        they are under the first key, and decrypts the result with the first
+        key alone: it must give the same bytes. Refuses
+        (:class:`~agent_wake.errors.SecretDecryptionError`, showing neither
+        key nor plaintext) a ciphertext no key opens, and a result that check
+        fails. A plaintext that is not UTF-8 text is carried over unchanged
+        (:meth:`decrypt` still refuses it): rotation changes the key, not the secret.
+        """
+        _require_ciphertext(ciphertext)
+        try:
+            plaintext = self._fernet.decrypt(ciphertext)
+        except InvalidToken:
+            raise SecretDecryptionError("the stored secret cannot be decrypted with any configured key") from None
+        fresh = self._first.encrypt(plaintext)
+        verified = _opens_to(self._first, fresh, plaintext)
+        # The plaintext is no local of this frame when it raises (its traceback keeps the frame).
+        del plaintext
+        if not verified:
+            raise SecretDecryptionError("the secret re-encrypted under the first key does not decrypt to itself")
+        return fresh
+
     def __repr__(self) -> str:
         return f"SecretBox(keys={self._key_count})"
+
+
+def _require_ciphertext(ciphertext: object) -> None:
+    if not isinstance(ciphertext, bytes):
+        raise InvalidInputError("ciphertext", "must be bytes")
+
+
+def _opens_to(fernet: Fernet, ciphertext: bytes, plaintext: bytes) -> bool:
+    try:
+        return hmac.compare_digest(fernet.decrypt(ciphertext), plaintext)
+    except InvalidToken:
+        return False
 
 
 def _utf8_or_none(data: bytes) -> str | None:
