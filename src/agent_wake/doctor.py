@@ -153,7 +153,7 @@ def _check_stale_fires(connection: Connection, schema: str, stale_after: timedel
     stale = connection.execute(
         text(
             f'SELECT count(*) FROM "{schema}".wake_fires '
-            "WHERE status = 'dispatching' AND actual_fired_at < now() - :age"
+            "WHERE status = 'dispatching' AND actual_fired_at < now() - CAST(:age AS interval)"
         ),
         {"age": stale_after},
     ).scalar_one()
