@@ -35,41 +35,42 @@ MARGIN = 1.5
 class History:
     """Where `alembic` runs: our checkout, whose env.py commits each
     revision on its own, or a host project, whose env.py (Alembic's
-    template) runs the whole upgrade in one transaction."""
+    template) runs the whole upgrade in one transaction and reads `-x url=`."""
 
     folder: Path
-    options: list[str]
-    heads: str
+    host: bool
+
+    @property
+    def heads(self) -> str:
+        return "heads" if self.host else "head"
+
+    def arguments(self, url: str, *command: str) -> list[str]:
+        return ["-x", f"url={url}", *command] if self.host else list(command)
 
     def upgrade(self, url: str, target: str) -> None:
-        alembic(*self.options_for(url), "upgrade", target, url=url, cwd=self.folder)
+        alembic(*self.arguments(url, "upgrade", target), url=url, cwd=self.folder)
 
     def upgrade_refused(self, url: str, target: str) -> str:
-        return alembic_refused(*self.options_for(url), "upgrade", target, url=url, cwd=self.folder)
+        return alembic_refused(*self.arguments(url, "upgrade", target), url=url, cwd=self.folder)
 
     async def start_upgrade(self, url: str, target: str) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "alembic",
-            *self.options_for(url),
-            "upgrade",
-            target,
+            *self.arguments(url, "upgrade", target),
             cwd=self.folder,
             env={**os.environ, "AGENT_WAKE_DATABASE_URL": url},
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
 
-    def options_for(self, url: str) -> list[str]:
-        return [option.replace("{url}", url) for option in self.options]
-
 
 def history(kind: str, folder: Path) -> History:
-    if kind == "ours":
-        return History(REPO, [], "head")
-    write_host_project(folder)
-    return History(folder, ["-x", "url={url}"], "heads")
+    if kind == "host":
+        write_host_project(folder)
+        return History(folder, host=True)
+    return History(REPO, host=False)
 
 
 @asynccontextmanager
@@ -390,7 +391,9 @@ def test_offline_sql_validates_each_constraint_in_a_transaction_after_the_one_th
         ("webhook_subscriptions", "webhook_subscriptions_verification_scheme_check"),
     ]:
         (added,) = [
-            i for i, s in enumerate(statements) if s.startswith(f"ALTER TABLE {table} ADD CONSTRAINT {constraint} ")
+            i
+            for i, statement in enumerate(statements)
+            if statement.startswith(f"ALTER TABLE {table} ADD CONSTRAINT {constraint} ")
         ]
         assert statements[added].endswith(" NOT VALID")
         assert statements[added + 1 : added + 5] == [

@@ -24,7 +24,9 @@ and builds what is missing. The duplicates are
     FROM wake_fires WHERE schedule_id IS NOT NULL
     GROUP BY 1, 2, 3 HAVING count(*) > 1;
 
-Offline SQL cannot look for leftovers: drop an INVALID one by hand.
+Offline SQL cannot look for leftovers: drop an INVALID one by hand. The
+downgrade drops both with DROP INDEX CONCURRENTLY, the same lock and
+lock_timeout; run it again after a failure.
 
 Revision ID: agent_wake_0007
 Revises: agent_wake_0006
