@@ -251,8 +251,10 @@ async def test_inside_a_callers_transaction_the_search_path_is_back_after_the_ru
     connection: AsyncConnection,
 ) -> None:
     await connection.begin()
+    # Steps 3 to 5 commit before they validate, step 7 builds CONCURRENTLY:
+    # no transaction of the caller's can hold them.
     await connection.run_sync(
-        lambda sync_connection: upgrade_with(sync_connection, "agent_wake_0006", schema="agent_one")
+        lambda sync_connection: upgrade_with(sync_connection, "agent_wake_0002", schema="agent_one")
     )
     during = (await connection.execute(text("SHOW search_path"))).scalar_one()
     await connection.commit()
@@ -283,9 +285,10 @@ async def test_a_callers_open_transaction_is_not_committed_and_its_rollback_undo
         async with engine.connect() as connection:
             await connection.begin()
             await connection.execute(text("CREATE TABLE callers_table (id integer)"))
-            # Step 7 builds its indexes CONCURRENTLY, which no transaction can hold.
+            # Steps 3 to 5 commit before they validate, step 7 builds
+            # CONCURRENTLY: no transaction of the caller's can hold them.
             await connection.run_sync(
-                lambda sync_connection: upgrade_with(sync_connection, "agent_wake_0006", schema="agent_one")
+                lambda sync_connection: upgrade_with(sync_connection, "agent_wake_0002", schema="agent_one")
             )
             assert connection.in_transaction()
             await connection.rollback()

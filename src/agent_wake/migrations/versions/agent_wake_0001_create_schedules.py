@@ -1,5 +1,17 @@
 """Step 1: create agent_wake_schedules and its four indexes.
 
+Locks on a table that already exists: SHARE ROW EXCLUSIVE on agent_skills
+(yours, in a host history), for agent_wake_schedules_skill_fk. Writers of
+agent_skills wait (its readers do not) until the transaction commits (the
+README's "Running the revisions on a live database" says when):
+milliseconds, as the new table is empty and no row is read. Getting the
+lock waits for open transactions that wrote to agent_skills, and every
+later writer queues behind that wait, so lock_timeout is 5 s: past it the
+transaction rolls back ("canceling statement due to lock timeout"),
+nothing has changed, and the upgrade can be run again as it is. The
+downgrade takes ACCESS EXCLUSIVE on agent_wake_schedules and agent_skills
+(dropping the table drops the foreign key), with the same lock_timeout.
+
 Revision ID: agent_wake_0001
 Revises: agent_wake_upstream
 """
@@ -17,6 +29,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    op.execute("SET LOCAL lock_timeout = '5s'")
     op.create_table(
         "agent_wake_schedules",
         sa.Column("conversation_id", postgresql.UUID(as_uuid=True), nullable=False),
@@ -95,4 +108,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.execute("SET LOCAL lock_timeout = '5s'")
     op.drop_table("agent_wake_schedules")

@@ -3,6 +3,18 @@
 The status check does not admit 'dispatching' yet (step 4 adds it) and
 webhook_subscription_id has no foreign key yet (step 3 adds it).
 
+Locks on a table that already exists: SHARE ROW EXCLUSIVE on
+agent_wake_schedules, for wake_fires_schedule_fk. Writers of
+agent_wake_schedules wait (its readers do not) until the transaction
+commits (the README's "Running the revisions on a live database" says
+when): milliseconds, as the new table is empty and no row is read. Getting
+the lock waits for open transactions that wrote to agent_wake_schedules,
+and every later writer queues behind that wait, so lock_timeout is 5 s:
+past it the transaction rolls back ("canceling statement due to lock
+timeout"), nothing has changed, and the upgrade can be run again as it is.
+The downgrade takes ACCESS EXCLUSIVE on wake_fires and agent_wake_schedules
+(dropping the table drops the foreign key), with the same lock_timeout.
+
 Revision ID: agent_wake_0002
 Revises: agent_wake_0001
 """
@@ -20,6 +32,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    op.execute("SET LOCAL lock_timeout = '5s'")
     op.create_table(
         "wake_fires",
         sa.Column("conversation_id", postgresql.UUID(as_uuid=True), nullable=False),
@@ -82,4 +95,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.execute("SET LOCAL lock_timeout = '5s'")
     op.drop_table("wake_fires")
