@@ -16,7 +16,7 @@ from agent_wake.adoption import AdoptionRefusedError, UpgradeFailedError, adopt_
 from agent_wake.database import resolve_database_url
 from agent_wake.testing.older_runner import build_with_older_runner
 from tests.conftest import ScratchDatabases
-from tests.test_migrations import alembic_refused
+from tests.test_migrations import alembic, alembic_refused
 
 T = TypeVar("T")
 
@@ -358,3 +358,17 @@ async def test_plain_alembic_upgrade_on_a_runner_schema_says_to_adopt_it_in_one_
     assert "agent-wake adopt --schemas public" in refused
     assert "agent_wake_0004" in refused
     assert "Traceback" not in refused
+
+
+async def test_a_host_history_reaching_our_first_revision_on_a_runner_schema_is_told_to_adopt_it(
+    scratch_databases: ScratchDatabases,
+) -> None:
+    url = await scratch_databases.create()
+    await build_populated(url, "public", 6)
+    # A host's history provides the upstream tables: only our branch would run.
+    alembic("stamp", "agent_wake_upstream", url=url)
+
+    refused = alembic_refused("upgrade", "head", url=url)
+
+    assert "FAILED: schema public was built by the older migration runner" in refused
+    assert "agent_wake_0006" in refused

@@ -300,6 +300,17 @@ async def test_a_callers_open_transaction_is_not_committed_and_its_rollback_undo
     assert await tables(url) == set()
 
 
+async def test_a_revision_that_commits_part_way_is_refused_inside_a_callers_transaction(
+    connection: AsyncConnection,
+) -> None:
+    await connection.begin()
+    with pytest.raises(InvalidInputError) as refused:
+        await connection.run_sync(lambda sync_connection: upgrade_with(sync_connection, "head"))
+    await connection.rollback()
+    assert refused.value.field == "connection"
+    assert "run the command on a connection with no transaction open" in str(refused.value)
+
+
 def test_a_connection_attribute_of_another_kind_is_refused() -> None:
     with pytest.raises(InvalidInputError) as refused:
         upgrade_with("postgresql://nobody@invalid.invalid/none")

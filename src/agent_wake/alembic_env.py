@@ -97,10 +97,23 @@ def _run_in_schema(connection: Connection, schema: str) -> None:
 
 
 def _run(connection: Connection, schema: str | None) -> None:
-    if schema is None:
-        _configure_and_run(connection)
-    else:
-        _run_in_schema(connection, schema)
+    callers_transaction = connection.in_transaction()
+    try:
+        if schema is None:
+            _configure_and_run(connection)
+        else:
+            _run_in_schema(connection, schema)
+    except AssertionError as exc:
+        # Alembic's autocommit_block asserts that it owns the transaction it
+        # must commit; in the caller's, that assertion is all it says.
+        if not callers_transaction:
+            raise
+        raise InvalidInputError(
+            "connection",
+            "a revision of this run commits part-way (agent_wake_0003 to agent_wake_0005 validate after a commit, "
+            "agent_wake_0007 builds its indexes CONCURRENTLY), which it cannot do inside the transaction you have "
+            "open: roll it back and run the command on a connection with no transaction open",
+        ) from exc
 
 
 def _run_in_a_loop_of_our_own(engine: AsyncEngine, schema: str | None) -> None:

@@ -1,5 +1,8 @@
 """Step 1: create agent_wake_schedules and its four indexes.
 
+On a schema the older runner built (its _schema_migrations is there), it
+stops first, with one line saying to adopt the schema instead.
+
 Locks on a table that already exists: SHARE ROW EXCLUSIVE on agent_skills
 (yours, in a host history), for agent_wake_schedules_skill_fk. Writers of
 agent_skills wait (its readers do not) until the transaction commits (the
@@ -22,6 +25,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+from agent_wake._older_runner import refuse_a_schema_the_runner_built
+
 revision: str = "agent_wake_0001"
 down_revision: str | Sequence[str] | None = "agent_wake_upstream"
 branch_labels: str | Sequence[str] | None = ("agent_wake",)
@@ -29,6 +34,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    refuse_a_schema_the_runner_built(op.get_bind())
     op.execute("SET LOCAL lock_timeout = '5s'")
     op.create_table(
         "agent_wake_schedules",
