@@ -54,11 +54,14 @@ def lock_key(schema: str) -> int:
     return int.from_bytes(hashlib.sha256(schema.encode("utf-8")).digest()[:4], "big") & 0x7FFFFFFF
 
 
-def refuse_a_schema_the_runner_built(connection: Connection) -> None:
+def refuse_a_schema_the_runner_built(connection: Connection, *, only_with_wake_tables: bool = False) -> None:
     """Called first by the revisions that create tables from nothing: on a
     schema the older runner built, they would fail on its tables with a long
     traceback. ``CommandError`` is what Alembic's command line prints as one
     line. Does nothing offline (``--sql``), where there is no schema to read.
+    ``only_with_wake_tables``: refuse only when the ledger records an
+    agent_wake step (our first revision, which also runs on a schema adopted
+    at step 0, where the runner made only the upstream tables).
     """
     if context.is_offline_mode():
         return
@@ -75,6 +78,8 @@ def refuse_a_schema_the_runner_built(connection: Connection) -> None:
         text(f'SELECT coalesce(max(version), 0) FROM "{ledger}".{LEDGER_TABLE} WHERE package = :package'),
         {"package": LEDGER_PACKAGE},
     ).scalar_one()
+    if only_with_wake_tables and step == 0:
+        return
     raise CommandError(
         f"schema {ledger} was built by the older migration runner (its {LEDGER_TABLE} records agent_wake step "
         f"{step}) and has no alembic_version: adopt it instead of upgrading from nothing, with "

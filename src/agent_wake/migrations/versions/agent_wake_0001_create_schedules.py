@@ -1,7 +1,8 @@
 """Step 1: create agent_wake_schedules and its four indexes.
 
-On a schema the older runner built (its _schema_migrations is there), it
-stops first, with one line saying to adopt the schema instead.
+On a schema where the older runner made the wake tables (its
+_schema_migrations records an agent_wake step), it stops first, with one
+line saying to adopt the schema instead.
 
 Locks on a table that already exists: SHARE ROW EXCLUSIVE on agent_skills
 (yours, in a host history), for agent_wake_schedules_skill_fk. Writers of
@@ -34,7 +35,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    refuse_a_schema_the_runner_built(op.get_bind())
+    refuse_a_schema_the_runner_built(op.get_bind(), only_with_wake_tables=True)
     op.execute("SET LOCAL lock_timeout = '5s'")
     op.create_table(
         "agent_wake_schedules",
