@@ -85,7 +85,7 @@ async def test_a_host_history_has_two_heads_and_upgrade_heads_builds_every_table
     url = await scratch_databases.create()
     write_host_project(tmp_path)
     heads = host_alembic(tmp_path, url, "heads")
-    assert re.findall(r"^(\w+)", heads, re.MULTILINE) == ["host_0001", "agent_wake_0007"]
+    assert re.findall(r"^(\w+)", heads, re.MULTILINE) == ["host_0001", "agent_wake_0008"]
     host_alembic(tmp_path, url, "upgrade", "heads")
     assert await tables(url) == WAKE_TABLES | UPSTREAM_TABLES
     assert "title" in await conversation_columns(url)  # the host's own table, not the stand-in
@@ -226,14 +226,14 @@ async def test_a_standalone_database_is_adopted_by_a_host_that_runs_only_its_lat
     scratch_databases: ScratchDatabases, tmp_path: Path
 ) -> None:
     url = await scratch_databases.create()
-    alembic("upgrade", "head", url=url)  # our checkout: stand-in tables, agent_wake_0007
+    alembic("upgrade", "head", url=url)  # our checkout: stand-in tables, agent_wake_0008
     await add_host_and_wake_rows(url)
     write_host_project(tmp_path)
     write_host_revision(tmp_path, "host_0002", "host_0001", ADD_ARCHIVED, DROP_ARCHIVED)
-    # agent_wake_0007 depends on host_0001 through the junction: Alembic
+    # agent_wake_0008 depends on host_0001 through the junction: Alembic
     # counts host_0001 as applied and runs host_0002 only.
     host_alembic(tmp_path, url, "upgrade", "heads")
-    assert await versions(url) == {"host_0002", "agent_wake_0007"}
+    assert await versions(url) == {"host_0002", "agent_wake_0008"}
     assert "archived" in await conversation_columns(url)
     assert await scalars(url, "SELECT name FROM agent_skills") == ["kept"]
     assert await scalars(url, "SELECT skill_id::text FROM agent_wake_schedules") == [SKILL_ID]
@@ -248,9 +248,9 @@ async def test_a_standalone_database_already_at_a_later_host_revision_is_adopted
     await add_host_and_wake_rows(url)
     write_host_project(tmp_path)
     write_host_revision(tmp_path, "host_0002", "host_0001", ADD_ARCHIVED, DROP_ARCHIVED)
-    host_alembic(tmp_path, url, "stamp", "--purge", "host_0002", "agent_wake_0007")
+    host_alembic(tmp_path, url, "stamp", "--purge", "host_0002", "agent_wake_0008")
     host_alembic(tmp_path, url, "upgrade", "heads")
-    assert await versions(url) == {"host_0002", "agent_wake_0007"}
+    assert await versions(url) == {"host_0002", "agent_wake_0008"}
     assert await scalars(url, "SELECT skill_id::text FROM agent_wake_schedules") == [SKILL_ID]
 
 
@@ -276,9 +276,9 @@ async def test_a_host_database_runs_standalone_once_stamped_at_our_head(
     host_alembic(tmp_path, url, "upgrade", "heads")
     await add_host_and_wake_rows(url)
     assert "Can't locate revision identified by 'host_0002'" in alembic_refused("upgrade", "head", url=url)
-    alembic("stamp", "--purge", "agent_wake_0007", url=url)  # our checkout
+    alembic("stamp", "--purge", "agent_wake_0008", url=url)  # our checkout
     alembic("upgrade", "head", url=url)
-    assert await versions(url) == {"agent_wake_0007"}
+    assert await versions(url) == {"agent_wake_0008"}
     assert await tables(url) == WAKE_TABLES | UPSTREAM_TABLES
     assert {"title", "archived"} <= await conversation_columns(url)
     assert await scalars(url, "SELECT skill_id::text FROM agent_wake_schedules") == [SKILL_ID]
@@ -310,7 +310,8 @@ async def moved_from_the_old_junction(url: str, folder: Path) -> None:
     versions_folder = folder / "migrations" / "versions"
     (versions_folder / "agent_wake_upstream.py").write_text(OLD_UPSTREAM_REVISION)
     write_host_revision(folder, "host_0002", "agent_wake_0007", ADD_ARCHIVED, DROP_ARCHIVED)
-    host_alembic(folder, url, "upgrade", "heads")
+    # Built when agent_wake_0007 was our newest revision: agent_wake_0008 now branches off beside host_0002.
+    host_alembic(folder, url, "upgrade", "host_0002")
     assert await versions(url) == {"host_0002"}
     await add_host_and_wake_rows(url)
 
@@ -325,7 +326,7 @@ async def test_a_host_on_the_old_linear_junction_moves_to_the_new_shape_with_its
     url = await scratch_databases.create()
     await moved_from_the_old_junction(url, tmp_path)
     host_alembic(tmp_path, url, "upgrade", "heads")
-    assert await versions(url) == {"host_0002", "agent_wake_0007"}
+    assert await versions(url) == {"host_0002", "agent_wake_0008"}
     assert await tables(url) == WAKE_TABLES | UPSTREAM_TABLES
     assert "archived" in await conversation_columns(url)
     assert await scalars(url, "SELECT skill_id::text FROM agent_wake_schedules") == [SKILL_ID]

@@ -3,6 +3,7 @@ from a checkout, against a fresh database; and our environment on a
 connection a caller hands it, as tests and migration-testing tools do."""
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -64,7 +65,7 @@ async def test_upgrade_head_creates_every_table(scratch_databases: ScratchDataba
     url = await scratch_databases.create()
     alembic("upgrade", "head", url=url)
     assert await tables(url) == WAKE_TABLES | UPSTREAM_TABLES
-    assert await versions(url) == {"agent_wake_0007"}
+    assert await versions(url) == {"agent_wake_0008"}
 
 
 async def test_downgrade_base_removes_everything_and_upgrade_works_again(
@@ -100,7 +101,7 @@ async def test_alembic_check_after_upgrade_head_finds_no_difference(
 async def test_every_wake_step_downgrades_and_upgrades_again(scratch_databases: ScratchDatabases) -> None:
     url = await scratch_databases.create()
     alembic("upgrade", "agent_wake_upstream", url=url)
-    for step in range(1, 8):
+    for step in range(1, 9):
         revision = f"agent_wake_{step:04d}"
         alembic("upgrade", revision, url=url)
         alembic("downgrade", "-1", url=url)
@@ -128,12 +129,138 @@ async def test_step_four_admits_dispatching_fires(scratch_databases: ScratchData
         await engine.dispose()
 
 
+# Step 8 on a schema the older migration runner built: its ledger, and the
+# rows its implementation wrote (each named for what it is).
+
+OLDER_LEDGER = (
+    "CREATE TABLE {schema}._schema_migrations (version integer, package varchar(255), description text, "
+    "date_applied timestamp not null default now(), primary key (version, package))"
+)
+OLDER_ROWS: dict[str, tuple[str, dict[str, object]]] = {
+    "weekday restricted": ("cron", {"expr": "0 9 * * 1"}),
+    "day of month restricted": ("cron", {"expr": "0 0 1 * *", "tz": "UTC"}),
+    "spaced as the older implementation kept it": ("cron", {"expr": " 0  9 *\t* 1 "}),
+    "month named": ("cron", {"expr": "0 0 * jan/3 *"}),
+    "neither day restricted": ("cron", {"expr": "*/5 * * * *"}),
+    "already carrying the key": ("cron", {"expr": "0 9 * * 1", "day_of_week_numbering": "cron"}),
+    "not cron": ("daily_at", {"hour": 9, "expr": "0 9 * * 1"}),
+}
+UNCHANGED = {name: config for name, (_, config) in OLDER_ROWS.items()}
+APSCHEDULER = {"day_of_week_numbering": "apscheduler"}
+
+
+async def execute(url: str, *statements: str) -> None:
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as connection:
+            for statement in statements:
+                await connection.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+async def write_older_rows(url: str, schema: str = "public") -> None:
+    insert = text(
+        f"INSERT INTO {schema}.agent_wake_schedules "
+        "(conversation_id, schedule_id, user_id, agent_id, schedule_type, schedule_config, name) "
+        "VALUES (gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), "
+        ":schedule_type, CAST(:config AS jsonb), :name)"
+    )
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as connection:
+            for name, (schedule_type, config) in OLDER_ROWS.items():
+                await connection.execute(
+                    insert, {"schedule_type": schedule_type, "config": json.dumps(config), "name": name}
+                )
+    finally:
+        await engine.dispose()
+
+
+async def write_ledger(url: str, package: str, schema: str = "public") -> None:
+    await execute(
+        url,
+        OLDER_LEDGER.format(schema=schema),
+        f"INSERT INTO {schema}._schema_migrations (version, package, description) VALUES (4, '{package}', 'step 4')",
+    )
+
+
+async def configs_by_name(url: str, schema: str = "public") -> dict[str, object]:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as connection:
+            rows = await connection.execute(text(f"SELECT name, schedule_config FROM {schema}.agent_wake_schedules"))
+            return {name: config for name, config in rows}
+    finally:
+        await engine.dispose()
+
+
+async def test_step_eight_marks_the_older_implementations_cron_rows_with_a_restricted_day_field(
+    scratch_databases: ScratchDatabases,
+) -> None:
+    url = await scratch_databases.create()
+    alembic("upgrade", "agent_wake_0007", url=url)
+    await write_ledger(url, "agent_wake")
+    await write_older_rows(url)
+    alembic("upgrade", "agent_wake_0008", url=url)
+    assert await configs_by_name(url) == {
+        **UNCHANGED,
+        "weekday restricted": {"expr": "0 9 * * 1", **APSCHEDULER},
+        "day of month restricted": {"expr": "0 0 1 * *", "tz": "UTC", **APSCHEDULER},
+        "spaced as the older implementation kept it": {"expr": " 0  9 *\t* 1 ", **APSCHEDULER},
+        "month named": {"expr": "0 0 * jan/3 *", **APSCHEDULER},
+    }
+
+
+async def test_step_eight_downgrade_removes_only_the_apscheduler_marks(scratch_databases: ScratchDatabases) -> None:
+    url = await scratch_databases.create()
+    alembic("upgrade", "agent_wake_0007", url=url)
+    await write_ledger(url, "agent_wake")
+    await write_older_rows(url)
+    alembic("upgrade", "agent_wake_0008", url=url)
+    alembic("downgrade", "agent_wake_0007", url=url)
+    assert await configs_by_name(url) == UNCHANGED
+
+
+@pytest.mark.parametrize("ledger_package", [None, "another_package"], ids=["no-ledger", "another-packages-ledger"])
+async def test_step_eight_changes_nothing_without_the_older_runners_ledger_of_agent_wake(
+    scratch_databases: ScratchDatabases, ledger_package: str | None
+) -> None:
+    url = await scratch_databases.create()
+    alembic("upgrade", "agent_wake_0007", url=url)
+    if ledger_package is not None:
+        await write_ledger(url, ledger_package)
+    await write_older_rows(url)
+    alembic("upgrade", "agent_wake_0008", url=url)
+    assert await configs_by_name(url) == UNCHANGED
+
+
+async def test_step_eight_changes_nothing_when_the_ledger_it_sees_is_in_another_schema(
+    scratch_databases: ScratchDatabases,
+) -> None:
+    url = await scratch_databases.create()
+    alembic("-x", "schema=agent_one", "upgrade", "agent_wake_0007", url=url)
+    await write_ledger(url, "agent_wake", schema="public")
+    await write_older_rows(url, schema="agent_one")
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as connection:
+            # agent_one is the current schema; public's ledger is found through the search_path.
+            await connection.execute(text("SET search_path TO agent_one, public"))
+            await connection.commit()
+            await connection.run_sync(lambda sync_connection: upgrade_with(sync_connection, "agent_wake_0008"))
+    finally:
+        await engine.dispose()
+    assert await versions(url, "agent_one") == {"agent_wake_0008"}
+    assert await configs_by_name(url, schema="agent_one") == UNCHANGED
+
+
 def test_offline_upgrade_prints_the_ddl() -> None:
     result = alembic("upgrade", "head", "--sql", url="postgresql://nobody@invalid.invalid/none")
     for table in WAKE_TABLES | UPSTREAM_TABLES:
         assert f"CREATE TABLE {table} (" in result.stdout
     assert "CREATE INDEX idx_wake_schedules_next_fire ON agent_wake_schedules (next_fire_at) " in result.stdout
-    assert "UPDATE alembic_version SET version_num='agent_wake_0007'" in result.stdout
+    assert "UPDATE alembic_version SET version_num='agent_wake_0008'" in result.stdout
 
 
 async def test_schema_option_migrates_into_its_own_schema(scratch_databases: ScratchDatabases) -> None:
@@ -143,7 +270,7 @@ async def test_schema_option_migrates_into_its_own_schema(scratch_databases: Scr
     assert await tables(url, "agent_one") == WAKE_TABLES | UPSTREAM_TABLES
     assert await tables(url, "agent_two") == WAKE_TABLES | UPSTREAM_TABLES
     assert await tables(url, "public") == set()
-    assert await versions(url, "agent_one") == {"agent_wake_0007"}
+    assert await versions(url, "agent_one") == {"agent_wake_0008"}
     alembic("-x", "schema=agent_one", "downgrade", "base", url=url)
     assert await tables(url, "agent_one") == set()
     assert await tables(url, "agent_two") == WAKE_TABLES | UPSTREAM_TABLES
@@ -197,7 +324,7 @@ async def test_a_given_connection_of_each_kind_is_migrated(scratch_databases: Sc
     finally:
         await engine.dispose()
     assert await tables(url) == WAKE_TABLES | UPSTREAM_TABLES
-    assert await versions(url) == {"agent_wake_0007"}
+    assert await versions(url) == {"agent_wake_0008"}
 
 
 @pytest.fixture

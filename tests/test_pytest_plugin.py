@@ -103,7 +103,7 @@ async def test_the_host_environment_migrated_the_database(wake_session, wake_fac
     ))
     assert "title" in set(columns.scalars())
     version = await wake_session.execute(text("SELECT version_num FROM alembic_version"))
-    assert set(version.scalars()) == {"agent_wake_0007"}
+    assert set(version.scalars()) == {"agent_wake_0008"}
     skill = await wake_factory.skill()
     schedule = await wake_factory.schedule(skill_id=skill.skill_id)
     assert schedule.skill_id == skill.skill_id

@@ -456,7 +456,7 @@ async def prepare_host(work: Path, databases: ScratchDatabases, environment: dic
 
 async def prepare_host_adopting(work: Path, databases: ScratchDatabases, environment: dict[str, str]) -> Project:
     """The host application with the README's host files and ``host_0002``;
-    a database built by agent-wake on its own (stand-ins, ``agent_wake_0007``)."""
+    a database built by agent-wake on its own (stand-ins, ``agent_wake_0008``)."""
     folder = work / "host"
     url = await migrated_database(databases)
     write_host_application(folder)

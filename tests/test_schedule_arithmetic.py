@@ -3,7 +3,9 @@
 Every expected instant is written out by hand, in UTC; the DST transitions of
 2026 were read from the tz database with zdump (America/Los_Angeles: 10:00Z
 on 8 March and 09:00Z on 1 November; Europe/Berlin: 01:00Z on 29 March and
-25 October) and the weekdays with date(1).
+25 October) and the weekdays with date(1). The 1sts of the months of 2026
+fall on: January Thursday, February Sunday, March Sunday, April Wednesday,
+May Friday, June Monday, July Wednesday, August Saturday, September Tuesday.
 """
 
 import time
@@ -77,9 +79,15 @@ FIRST_FIRES = [
     pytest.param("relative_delay", {"delay": "30m"}, "2026-05-25T14:37:30Z", id="delay-minutes"),
     pytest.param("relative_delay", {"delay": "2h"}, "2026-05-25T16:07:30Z", id="delay-hours"),
     pytest.param("relative_delay", {"delay": "1d"}, "2026-05-26T14:07:30Z", id="delay-days"),
+    pytest.param("relative_delay", {"delay": "30M"}, "2026-05-25T14:37:30Z", id="delay-upper-case-unit"),
+    pytest.param("relative_delay", {"delay": "05m"}, "2026-05-25T14:12:30Z", id="delay-leading-zero"),
+    pytest.param("relative_delay", {"delay": "+5m"}, "2026-05-25T14:12:30Z", id="delay-leading-plus"),
     pytest.param("one_shot_at", {"fire_at_iso": "2026-05-25T18:00:00+02:00"}, "2026-05-25T16:00Z", id="one-shot"),
     pytest.param("daily_at", {"hour": 9}, "2026-05-26T09:00Z", id="daily-at-tomorrow"),
     pytest.param("daily_at", {"hour": 15, "minute": 30}, "2026-05-25T15:30Z", id="daily-at-today"),
+    pytest.param(
+        "daily_at", {"hour": 9, "label": "morning", "jitter": 30}, "2026-05-26T09:00Z", id="unknown-keys-not-read"
+    ),
     pytest.param("cron", {"expr": "*/20 * * * *"}, "2026-05-25T14:20Z", id="cron"),
 ]
 
@@ -112,6 +120,14 @@ def test_a_one_shot_due_right_now_still_fires() -> None:
 def test_a_one_shot_already_past_never_fires() -> None:
     config = {"fire_at_iso": "2026-05-25T16:00:00+02:00"}
     assert first_fire("one_shot_at", config, now=at("2026-05-25T14:00:01Z")) is None
+
+
+@pytest.mark.parametrize("fire_at_iso", ["2026-05-25T14:00:00", "2026-05-25 14:00:00"])
+def test_a_one_shot_at_without_an_offset_fires_at_that_time_in_utc(fire_at_iso: str) -> None:
+    # now is 10:00Z: the time is read as UTC, neither as now's offset nor as the host's zone.
+    fired = first_fire("one_shot_at", {"fire_at_iso": fire_at_iso}, now=at("2026-05-25T12:00+02:00"))
+    assert fired == at("2026-05-25T14:00Z")
+    assert first_fire("one_shot_at", {"fire_at_iso": fire_at_iso}, now=at("2026-05-25T14:00:01Z")) is None
 
 
 def test_instants_are_returned_in_utc() -> None:
@@ -254,6 +270,72 @@ def test_cron_on_the_30th_of_february_or_a_monday_is_not_refused() -> None:
     assert first_fire("cron", {"expr": "0 0 30 2 1"}, now=at("2026-01-01T00:00Z")) == at("2026-02-02T00:00Z")
 
 
+LAST_DAYS = [
+    pytest.param("0 0 last * *", "2027-02-01T00:00Z", "2027-02-28T00:00Z", id="february-2027"),
+    pytest.param("0 0 last * *", "2028-02-01T00:00Z", "2028-02-29T00:00Z", id="february-2028-a-leap-year"),
+    pytest.param("0 0 last * *", "2026-04-30T00:00Z", "2026-05-31T00:00Z", id="strictly-after"),
+    pytest.param("30 23 15,LAST * *", "2026-02-16T00:00Z", "2026-02-28T23:30Z", id="in-a-list-any-case"),
+    pytest.param("0 0 last 4,6 *", "2026-05-01T00:00Z", "2026-06-30T00:00Z", id="its-months-only"),
+    pytest.param("0 0 30,last 2 *", "2026-01-01T00:00Z", "2026-02-28T00:00Z", id="february-30-or-last-not-refused"),
+    # Monday 25 May 2026: Friday the 29th comes before Sunday the 31st.
+    pytest.param("0 0 last * fri", "2026-05-25T00:00Z", "2026-05-29T00:00Z", id="last-day-or-friday"),
+]
+
+
+@pytest.mark.parametrize(("expr", "now", "expected"), LAST_DAYS)
+def test_cron_last_in_the_day_of_month_is_the_last_day_of_each_month(expr: str, now: str, expected: str) -> None:
+    assert first_fire("cron", {"expr": expr}, now=at(now)) == at(expected)
+
+
+def test_cron_catch_up_walks_from_one_last_day_to_the_next() -> None:
+    claimed = schedule("cron", {"expr": "0 0 last * *"}, period="2027-01-31T00:00Z", policy="catch_up")
+    assert next_fire(claimed, at("2027-06-01T00:00Z")) == at("2027-02-28T00:00Z")
+
+
+DAY_OF_WEEK_NUMBERINGS = [
+    # Wednesday 20 May 2026: the next Saturday is the 23rd, Sunday the 24th, Monday the 25th.
+    pytest.param("0 9 * * 0", "cron", "2026-05-20T00:00Z", "2026-05-24T09:00Z", id="cron:0-is-sunday"),
+    pytest.param("0 9 * * 0", "apscheduler", "2026-05-20T00:00Z", "2026-05-25T09:00Z", id="aps:0-is-monday"),
+    pytest.param("0 9 * * 6", "cron", "2026-05-20T00:00Z", "2026-05-23T09:00Z", id="cron:6-is-saturday"),
+    pytest.param("0 9 * * 6", "apscheduler", "2026-05-20T00:00Z", "2026-05-24T09:00Z", id="aps:6-is-sunday"),
+    pytest.param("0 9 * * SUN", "apscheduler", "2026-05-20T00:00Z", "2026-05-24T09:00Z", id="aps:names-as-in-cron"),
+    pytest.param("0 9 * * sat-sun", "apscheduler", "2026-05-20T00:00Z", "2026-05-23T09:00Z", id="aps:range-of-names"),
+    pytest.param("0 9 * * 4-6", "apscheduler", "2026-05-20T10:00Z", "2026-05-22T09:00Z", id="aps:4-is-friday"),
+    # */2: Sunday, Tuesday, Thursday, Saturday in cron; Monday, Wednesday, Friday, Sunday in APScheduler.
+    pytest.param("0 9 * * */2", "cron", "2026-05-20T10:00Z", "2026-05-21T09:00Z", id="cron:step-from-sunday"),
+    pytest.param("0 9 * * */2", "apscheduler", "2026-05-20T10:00Z", "2026-05-22T09:00Z", id="aps:step-from-monday"),
+    # Both day fields restricted: either matches in cron, both must in APScheduler (1 is Tuesday there).
+    pytest.param("0 0 1 * 1", "cron", "2026-06-02T00:00Z", "2026-06-08T00:00Z", id="cron:a-monday"),
+    pytest.param("0 0 1 * 1", "cron", "2026-06-30T00:00Z", "2026-07-01T00:00Z", id="cron:a-1st"),
+    pytest.param("0 0 1 * 1", "apscheduler", "2026-06-02T00:00Z", "2026-09-01T00:00Z", id="aps:a-1st-on-a-tuesday"),
+    # 31 July 2026 is the first last day of a month after 25 May that is a Friday.
+    pytest.param("0 0 last * fri", "apscheduler", "2026-05-25T00:00Z", "2026-07-31T00:00Z", id="aps:last-and-friday"),
+    # A day field starting with * matches every day in both readings.
+    pytest.param("0 0 */2 * 0", "apscheduler", "2026-06-01T00:00Z", "2026-06-15T00:00Z", id="aps:odd-mondays"),
+    # APScheduler read an item starting with a name as that name or range alone.
+    pytest.param("0 9 * * mon-fri/2", "cron", "2026-05-20T10:00Z", "2026-05-22T09:00Z", id="cron:names-with-a-step"),
+    pytest.param("0 9 * * mon-fri/2", "apscheduler", "2026-05-20T10:00Z", "2026-05-21T09:00Z", id="aps:step-ignored"),
+    pytest.param("0 9 * * mon-5", "cron", "2026-05-20T10:00Z", "2026-05-21T09:00Z", id="cron:name-to-number"),
+    pytest.param("0 9 * * mon-5", "apscheduler", "2026-05-20T10:00Z", "2026-05-25T09:00Z", id="aps:number-ignored"),
+    pytest.param("0 0 1 jan/3 *", "cron", "2026-05-20T00:00Z", "2026-07-01T00:00Z", id="cron:month-name-step"),
+    pytest.param("0 0 1 jan/3 *", "apscheduler", "2026-05-20T00:00Z", "2027-01-01T00:00Z", id="aps:january-only"),
+]
+
+
+@pytest.mark.parametrize(("expr", "numbering", "now", "expected"), DAY_OF_WEEK_NUMBERINGS)
+def test_cron_reads_the_day_of_week_as_its_numbering_says(expr: str, numbering: str, now: str, expected: str) -> None:
+    config = {"expr": expr, "day_of_week_numbering": numbering}
+    assert first_fire("cron", config, now=at(now)) == at(expected)
+
+
+def test_cron_with_apscheduler_numbering_refuses_days_that_never_fall_in_its_months() -> None:
+    # Both day fields must match, so the weekday cannot rescue the 30th of February.
+    config = {"expr": "0 0 30 2 1", "day_of_week_numbering": "apscheduler"}
+    with pytest.raises(InvalidInputError, match="never matches") as caught:
+        first_fire("cron", config, now=at("2026-01-01T00:00Z"))
+    assert caught.value.field == "schedule_config.expr"
+
+
 # --- random_within_window: seeded by the schedule and the local date ---
 
 WINDOW_9_TO_10_LA = {"start_hour": 9, "end_hour": 10, "tz": "America/Los_Angeles"}
@@ -315,6 +397,55 @@ def test_random_window_removed_by_spring_forward_fires_at_the_end_of_the_gap() -
     # 9 March: 02:00 to 03:00 PDT.
     assert following is not None
     assert at("2026-03-09T09:00Z") <= following < at("2026-03-09T10:00Z")
+
+
+OVERNIGHT_BERLIN = {"start_hour": 22, "end_hour": 6, "tz": "Europe/Berlin", "fires_per_day": 4}
+
+
+def periods_between(config: dict[str, Any], after: str, before: str) -> list[datetime]:
+    """The periods after ``after`` and before ``before``, claimed one after the other (catch_up)."""
+    claimed = schedule("random_within_window", config, period=after, policy="catch_up")
+    periods: list[datetime] = []
+    while (following := next_fire(claimed, at(before))) is not None and following < at(before):
+        periods.append(following)
+        claimed.next_fire_at = following
+    return periods
+
+
+def test_overnight_window_draws_fall_between_22_and_06_local() -> None:
+    # CEST: 25 May's window runs from 20:00Z to 04:00Z on the 26th, 26 May's from 20:00Z to 04:00Z on the 27th.
+    periods = periods_between(OVERNIGHT_BERLIN, "2026-05-25T12:00Z", "2026-05-27T12:00Z")
+    assert len(periods) == 8
+    assert all(at("2026-05-25T20:00Z") <= period < at("2026-05-26T04:00Z") for period in periods[:4])
+    assert all(at("2026-05-26T20:00Z") <= period < at("2026-05-27T04:00Z") for period in periods[4:])
+
+
+def test_overnight_window_after_midnight_is_still_the_window_that_started_the_day_before() -> None:
+    config = {**OVERNIGHT_BERLIN, "fires_per_day": 40}
+    drawn_from_the_evening = periods_between(config, "2026-05-25T12:00Z", "2026-05-26T12:00Z")
+    after_midnight = at("2026-05-26T00:00Z")  # 02:00 CEST on 26 May
+    fired = first_fire("random_within_window", config, now=after_midnight, schedule_id=SCHEDULE_ID)
+    assert fired == min(period for period in drawn_from_the_evening if period > after_midnight)
+
+
+OVERNIGHT_ACROSS_DST = [
+    # 28 March 22:00 CET is 21:00Z; 29 March 06:00 CEST is 04:00Z: seven hours.
+    pytest.param("2026-03-28", "2026-03-28T21:00Z", "2026-03-29T04:00Z", id="spring-forward"),
+    # 24 October 22:00 CEST is 20:00Z; 25 October 06:00 CET is 05:00Z: nine hours.
+    pytest.param("2026-10-24", "2026-10-24T20:00Z", "2026-10-25T05:00Z", id="fall-back"),
+]
+
+
+@pytest.mark.parametrize(("day", "start", "end"), OVERNIGHT_ACROSS_DST)
+def test_overnight_window_across_a_dst_change_keeps_its_wall_clock_ends(day: str, start: str, end: str) -> None:
+    config = {**OVERNIGHT_BERLIN, "fires_per_day": 200}
+    # From noon of the day the window starts to noon of the next, between two windows.
+    next_noon = (date.fromisoformat(day) + timedelta(days=1)).isoformat()
+    periods = periods_between(config, f"{day}T12:00Z", f"{next_noon}T12:00Z")
+    assert periods
+    assert all(at(start) <= period < at(end) for period in periods)
+    # Some of 200 draws land in the window's last hour: the whole window is drawn from.
+    assert max(periods) >= at(end) - timedelta(hours=1)
 
 
 def test_random_window_needs_the_schedule_id_for_a_first_fire() -> None:
@@ -390,7 +521,8 @@ def random_windows(draw: st.DrawFn) -> dict[str, Any]:
     start = draw(st.integers(0, 23))
     return {
         "start_hour": start,
-        "end_hour": draw(st.integers(start + 1, 24)),
+        # An end before the start is an overnight window.
+        "end_hour": draw(st.integers(1, 24).filter(lambda end: end != start)),
         "tz": draw(st.sampled_from(ZONES)),
         "fires_per_day": draw(st.integers(1, 5)),
     }
@@ -433,19 +565,24 @@ def test_coalesce_returns_an_instant_after_now(
 
 
 MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
-WEEKDAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
-# (lowest, highest, names) of minute, hour, day of month, month, day of week.
+# (lowest, highest, names) of minute, hour, day of month and month.
 CRON_FIELDS: list[tuple[int, int, tuple[str, ...]]] = [
     (0, 59, ()),
     (0, 23, ()),
     (1, 31, ()),
     (1, 12, MONTH_NAMES),
-    (0, 7, WEEKDAY_NAMES),
 ]
+# The day of week, in each numbering: cron's 0 and 7 are Sunday, APScheduler's 0 is Monday.
+DAY_OF_WEEK_FIELDS: dict[str, tuple[int, int, tuple[str, ...]]] = {
+    "cron": (0, 7, ("sun", "mon", "tue", "wed", "thu", "fri", "sat")),
+    "apscheduler": (0, 6, ("mon", "tue", "wed", "thu", "fri", "sat", "sun")),
+}
 
 
 @st.composite
-def cron_field(draw: st.DrawFn, lowest: int, highest: int, names: tuple[str, ...]) -> tuple[str, set[int]]:
+def cron_field(
+    draw: st.DrawFn, lowest: int, highest: int, names: tuple[str, ...], numbering: str = "cron"
+) -> tuple[str, set[int]]:
     """The text of one field and, worked out independently, the values it stands for."""
 
     def spelled(value: int) -> str:
@@ -460,24 +597,24 @@ def cron_field(draw: st.DrawFn, lowest: int, highest: int, names: tuple[str, ...
         first = draw(st.integers(lowest, highest))
         last = draw(st.integers(first, highest))
         step = draw(st.integers(1, highest))
+        start, end = spelled(first), spelled(last)
         if kind == "*":
-            texts.append("*")
-            values.update(range(lowest, highest + 1))
+            text, stands_for = "*", range(lowest, highest + 1)
         elif kind == "*/s":
-            texts.append(f"*/{step}")
-            values.update(range(lowest, highest + 1, step))
+            text, stands_for = f"*/{step}", range(lowest, highest + 1, step)
         elif kind == "a":
-            texts.append(spelled(first))
-            values.add(first)
+            text, stands_for = start, range(first, first + 1)
         elif kind == "a-b":
-            texts.append(f"{spelled(first)}-{spelled(last)}")
-            values.update(range(first, last + 1))
+            text, stands_for = f"{start}-{end}", range(first, last + 1)
         elif kind == "a-b/s":
-            texts.append(f"{spelled(first)}-{spelled(last)}/{step}")
-            values.update(range(first, last + 1, step))
+            text, stands_for = f"{start}-{end}/{step}", range(first, last + 1, step)
         else:
-            texts.append(f"{spelled(first)}/{step}")
-            values.update(range(first, highest + 1, step))
+            text, stands_for = f"{start}/{step}", range(first, highest + 1, step)
+        if numbering == "apscheduler" and start.isalpha() and not kind.startswith("*"):
+            # APScheduler 3 read the name, or range of names, an item starts with, and nothing after it.
+            stands_for = range(first, last + 1) if kind.startswith("a-b") and end.isalpha() else range(first, first + 1)
+        texts.append(text)
+        values.update(stands_for)
     return ",".join(texts), values
 
 
@@ -488,12 +625,18 @@ class CronOracle:
     minutes: set[int]
     hours: set[int]
     days: set[int]
+    last_day: bool
     months: set[int]
-    weekdays: set[int]  # 0 = Sunday
+    weekdays: set[int]  # as numbered in the expression
+    numbering: str
     either_day: bool
 
     def day_matches(self, day: date) -> bool:
-        by_day, by_weekday = day.day in self.days, day.isoweekday() % 7 in self.weekdays
+        is_last = (day + timedelta(days=1)).day == 1
+        by_day = day.day in self.days or (self.last_day and is_last)
+        # isoweekday(): Monday 1 to Sunday 7; weekday(): Monday 0 to Sunday 6.
+        weekday = day.isoweekday() % 7 if self.numbering == "cron" else day.weekday()
+        by_weekday = weekday in self.weekdays
         return day.month in self.months and ((by_day or by_weekday) if self.either_day else (by_day and by_weekday))
 
     def matches(self, moment: datetime) -> bool:
@@ -501,16 +644,25 @@ class CronOracle:
 
 
 @st.composite
-def cron_expressions(draw: st.DrawFn) -> tuple[str, CronOracle]:
-    fields = [draw(cron_field(lowest, highest, names)) for lowest, highest, names in CRON_FIELDS]
+def cron_expressions(draw: st.DrawFn, numbering: str) -> tuple[str, CronOracle]:
+    fields = [
+        draw(cron_field(lowest, highest, names, numbering))
+        for lowest, highest, names in [*CRON_FIELDS, DAY_OF_WEEK_FIELDS[numbering]]
+    ]
+    last_day = draw(st.booleans())
+    if last_day:
+        fields[2] = (fields[2][0] + draw(st.sampled_from([",last", ",LAST"])), fields[2][1])
     (_, minutes), (_, hours), (day_text, days), (_, months), (weekday_text, weekdays) = fields
     oracle = CronOracle(
         minutes,
         hours,
         days,
+        last_day,
         months,
-        weekdays={weekday % 7 for weekday in weekdays},
-        either_day=not day_text.startswith("*") and not weekday_text.startswith("*"),
+        weekdays={weekday % 7 for weekday in weekdays} if numbering == "cron" else weekdays,
+        numbering=numbering,
+        # Either day field is enough only in cron, and only when neither starts with *.
+        either_day=numbering == "cron" and not day_text.startswith("*") and not weekday_text.startswith("*"),
     )
     return " ".join(text for text, _ in fields), oracle
 
@@ -520,12 +672,15 @@ MINUTE = timedelta(minutes=1)
 ORACLE_MINUTES = 2 * 24 * 60
 
 
+@pytest.mark.parametrize("numbering", ["cron", "apscheduler"])
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(expression=cron_expressions(), now=instants)
-def test_cron_returns_the_first_matching_minute_after_now(expression: tuple[str, CronOracle], now: datetime) -> None:
-    expr, oracle = expression
+@given(data=st.data(), now=instants)
+def test_cron_returns_the_first_matching_minute_after_now(numbering: str, data: st.DataObject, now: datetime) -> None:
+    expr, oracle = data.draw(cron_expressions(numbering))
     try:
-        found = first_fire("cron", {"expr": expr}, now=now)
+        # Standard cron as stored rows carry it: without the key.
+        config = {"expr": expr} if numbering == "cron" else {"expr": expr, "day_of_week_numbering": numbering}
+        found = first_fire("cron", config, now=now)
     except InvalidInputError:
         # Refused as never matching: no day of a whole 400-year calendar cycle matches.
         assert not any(oracle.day_matches(date(2000, 1, 1) + timedelta(days=n)) for n in range(146_097))

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import pytest
-from pydantic import BaseModel, JsonValue, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, JsonValue, field_validator, model_validator
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -20,6 +20,7 @@ VALID = [
         "random_within_window",
         {"start_hour": 9, "end_hour": 21, "tz": "America/Los_Angeles", "fires_per_day": 1},
     ),
+    ("random_within_window", {"start_hour": 0, "end_hour": 24, "tz": "UTC", "fires_per_day": 3}),
     ("one_shot_at", {"fire_at_iso": "2026-05-25T14:00:00+00:00"}),
     ("cron", {"expr": "0 */3 * * *"}),
     ("cron", {"expr": "30 9 * jan-mar mon-fri"}),
@@ -39,15 +40,15 @@ INVALID = [
     ("daily_at", {"hour": 9, "minute": 60, "tz": "UTC"}, "schedule_config.minute"),
     ("daily_at", {"hour": 9, "tz": "Mars/Olympus_Mons"}, "schedule_config.tz"),
     ("daily_at", {"hour": 9, "tz": "../../etc/passwd"}, "schedule_config.tz"),
-    ("daily_at", {"hour": 9, "colour": "blue"}, "schedule_config.colour"),
+    ("daily_at", {"hours": 9}, "schedule_config.hour"),
     ("every_n_hours", {"n": 0}, "schedule_config.n"),
-    ("random_within_window", {"start_hour": 21, "end_hour": 9}, "schedule_config"),
+    ("random_within_window", {"start_hour": 21, "end_hour": 21}, "schedule_config"),
     (
         "random_within_window",
         {"start_hour": 9, "end_hour": 21, "fires_per_day": 0},
         "schedule_config.fires_per_day",
     ),
-    ("one_shot_at", {"fire_at_iso": "2026-05-25T14:00:00"}, "schedule_config.fire_at_iso"),
+    ("one_shot_at", {"fire_at_iso": "2026-05-25"}, "schedule_config.fire_at_iso"),
     ("one_shot_at", {"fire_at_iso": "tomorrow"}, "schedule_config.fire_at_iso"),
     ("cron", {"expr": "0 */3 * *"}, "schedule_config.expr"),
     ("cron", {"expr": "0 25 * * *"}, "schedule_config.expr"),
@@ -80,6 +81,154 @@ def test_unknown_type_is_refused_listing_the_known_ones() -> None:
     with pytest.raises(InvalidInputError, match="register_schedule_type") as caught:
         validate_schedule_config("lunar_phase", {})
     assert caught.value.field == "schedule_type"
+
+
+# Configs the older implementation stored, every key present (with the key revision
+# agent_wake_0008 adds to its cron rows): each must be saved again unchanged.
+STORED_BY_THE_OLDER_IMPLEMENTATION = [
+    pytest.param(
+        "random_within_window",
+        {"start_hour": 22, "end_hour": 6, "tz": "Europe/Berlin", "fires_per_day": 2},
+        id="overnight-window",
+    ),
+    pytest.param("one_shot_at", {"fire_at_iso": "2026-05-25T14:00:00"}, id="one-shot-without-offset"),
+    pytest.param("one_shot_at", {"fire_at_iso": "2026-05-25 14:00:00"}, id="one-shot-without-offset-space"),
+    pytest.param(
+        "daily_at",
+        {"hour": 14, "minute": 0, "tz": "UTC", "label": "morning", "jitter": 30},
+        id="extra-keys",
+    ),
+    pytest.param("interval", {"seconds": 60, "meta": {"source": ["import", None, 1.5, True]}}, id="extra-nested-key"),
+    pytest.param("relative_delay", {"delay": "30M"}, id="delay-upper-case-unit"),
+    pytest.param("relative_delay", {"delay": "05m"}, id="delay-leading-zero"),
+    pytest.param("relative_delay", {"delay": "+5m"}, id="delay-leading-plus"),
+    pytest.param("relative_delay", {"delay": "+0003660D"}, id="delay-all-three-at-the-bound"),
+    pytest.param("cron", {"expr": "0 0 last * *"}, id="cron-last"),
+    pytest.param("cron", {"expr": "0 0 LAST * *"}, id="cron-last-any-case"),
+    pytest.param("cron", {"expr": "0 0 15,last * *"}, id="cron-last-in-a-list"),
+    pytest.param("cron", {"expr": "0 9 * * 0", "day_of_week_numbering": "apscheduler"}, id="cron-apscheduler"),
+    pytest.param("cron", {"expr": "0 9 * * mon-sun", "day_of_week_numbering": "apscheduler"}, id="cron-aps-names"),
+    pytest.param("cron", {"expr": "0 9 * * */6", "day_of_week_numbering": "apscheduler"}, id="cron-aps-step-6"),
+    pytest.param(
+        "cron", {"expr": "0 9 * jan/3 mon-fri/2", "day_of_week_numbering": "apscheduler"}, id="cron-aps-name-then-more"
+    ),
+    pytest.param("cron", {"expr": "0 9 * * 7", "day_of_week_numbering": "cron"}, id="cron-numbering-given"),
+]
+
+
+@pytest.mark.parametrize(("schedule_type", "stored"), STORED_BY_THE_OLDER_IMPLEMENTATION)
+def test_configs_stored_by_the_older_implementation_round_trip_unchanged(
+    schedule_type: str, stored: dict[str, object]
+) -> None:
+    assert validate_schedule_config(schedule_type, stored) == stored
+
+
+def test_a_cron_config_without_day_of_week_numbering_is_returned_without_it() -> None:
+    assert validate_schedule_config("cron", {"expr": "0 9 * * 1"}) == {"expr": "0 9 * * 1"}
+
+
+def test_unknown_keys_are_kept_beside_the_defaults() -> None:
+    assert validate_schedule_config("daily_at", {"hour": 9, "label": "morning"}) == {
+        "hour": 9,
+        "minute": 0,
+        "tz": "UTC",
+        "label": "morning",
+    }
+
+
+def test_a_misspelt_optional_key_is_kept_and_the_default_applies() -> None:
+    assert validate_schedule_config("daily_at", {"hour": 9, "minutes": 30}) == {
+        "hour": 9,
+        "minute": 0,
+        "tz": "UTC",
+        "minutes": 30,
+    }
+
+
+def test_known_keys_keep_their_strict_types_beside_unknown_keys() -> None:
+    error = refusal("daily_at", {"hour": 14, "minute": "0", "label": "morning"})
+    assert error.field == "schedule_config.minute"
+
+
+@pytest.mark.parametrize("value", [(1, 2), datetime(2026, 5, 25, tzinfo=UTC), b"bytes"], ids=["tuple", "date", "bytes"])
+def test_an_unknown_key_whose_value_is_not_json_is_refused(value: object) -> None:
+    error = refusal("daily_at", {"hour": 9, "label": value})
+    assert error.field == "schedule_config.label"
+    assert "JSON" in error.rule
+
+
+def test_an_unknown_key_holding_nan_is_refused_not_stored_as_null() -> None:
+    error = refusal("daily_at", {"hour": 9, "jitter": float("nan")})
+    assert error.field == "schedule_config"
+    assert "cannot be written as JSON" in error.rule
+
+
+@pytest.mark.parametrize("hour", [1, 9, 23])
+def test_a_window_may_not_start_and_end_at_the_same_hour(hour: int) -> None:
+    error = refusal("random_within_window", {"start_hour": hour, "end_hour": hour})
+    assert error.field == "schedule_config"
+    assert "end_hour must differ from start_hour" in error.rule
+
+
+@pytest.mark.parametrize("delay", ["0m", "+0s", "000h", "-5m", "", "+", "5w", "5 m", "++5m", "5mm", "5\u017f"])
+def test_a_relative_delay_that_is_not_a_positive_number_and_unit_is_refused(delay: str) -> None:
+    error = refusal("relative_delay", {"delay": delay})
+    assert error.field == "schedule_config.delay"
+    assert "positive whole number followed by s, m, h or d" in error.rule
+
+
+def test_a_relative_delay_past_ten_years_is_refused_however_it_is_spelt() -> None:
+    error = refusal("relative_delay", {"delay": "+0003661D"})
+    assert error.field == "schedule_config.delay"
+    assert "at most 3660 days" in error.rule
+
+
+@pytest.mark.parametrize(
+    ("expr", "field"),
+    [
+        ("last * * * *", "minute"),
+        ("0 last * * *", "hour"),
+        ("0 0 * last *", "month"),
+        ("0 0 * * last", "day of week"),
+        ("0 0 1-last * *", "day of month"),
+        ("0 0 last-31 * *", "day of month"),
+        ("0 0 last/2 * *", "day of month"),
+        ("0 0 */Last * *", "day of month"),
+    ],
+)
+def test_last_is_refused_outside_the_day_of_month_field_and_in_ranges_or_steps(expr: str, field: str) -> None:
+    error = refusal("cron", {"expr": expr})
+    assert error.field == "schedule_config.expr"
+    assert f"{field}: 'last' (the last day of the month) must be an item of its own in the day-of-month field" in (
+        error.rule
+    )
+
+
+@pytest.mark.parametrize(
+    ("expr", "rule"),
+    [
+        ("0 9 * * 7", "day of week: '7' must be a number from 0 to 6 or a name (mon-sun)"),
+        ("0 9 * * 5-7", "day of week: '7' must be a number from 0 to 6 or a name (mon-sun)"),
+        ("0 9 * * */7", "day of week: step '7' must be a whole number from 1 to 6"),
+    ],
+)
+def test_apscheduler_numbering_refuses_day_of_week_7(expr: str, rule: str) -> None:
+    error = refusal("cron", {"expr": expr, "day_of_week_numbering": "apscheduler"})
+    assert error.field == "schedule_config.expr"
+    assert rule in error.rule
+
+
+def test_apscheduler_numbering_names_weekdays_from_monday_so_sun_sat_runs_backwards() -> None:
+    error = refusal("cron", {"expr": "0 9 * * sun-sat", "day_of_week_numbering": "apscheduler"})
+    assert error.field == "schedule_config.expr"
+    assert "runs backwards" in error.rule
+
+
+@pytest.mark.parametrize("numbering", ["Cron", "vixie", "", None, 0])
+def test_an_unknown_day_of_week_numbering_is_refused(numbering: object) -> None:
+    error = refusal("cron", {"expr": "0 9 * * 1", "day_of_week_numbering": numbering})
+    assert error.field == "schedule_config.day_of_week_numbering"
+    assert "'cron' or 'apscheduler'" in error.rule
 
 
 class SunsetConfig(BaseModel):
@@ -138,6 +287,13 @@ class RecordedConfig(BaseModel):
         return value
 
 
+class ClosedConfig(BaseModel):
+    """An application's model that refuses keys it does not know."""
+
+    model_config = ConfigDict(extra="forbid")
+    note: str = ""
+
+
 class EchoingConfig(BaseModel):
     word: str
 
@@ -155,6 +311,7 @@ def registered() -> None:
         ("test_anything", AnythingConfig),
         ("test_recorded", RecordedConfig),
         ("test_echoing", EchoingConfig),
+        ("test_closed", ClosedConfig),
     ]
     for schedule_type, model in models:
         register_schedule_type(schedule_type, model)
@@ -287,8 +444,8 @@ def test_a_schedule_type_that_is_not_a_string_is_refused() -> None:
     assert refusal(["cron"], {"expr": "* * * * *"}).field == "schedule_type"
 
 
-def test_an_unknown_key_is_named_cut_short() -> None:
-    error = refusal("daily_at", {"hour": 9, "k" * 10_000: 1})
+def test_an_unknown_key_an_applications_model_refuses_is_named_cut_short(registered: None) -> None:
+    error = refusal("test_closed", {"k" * 10_000: 1})
     assert error.field.startswith("schedule_config.'kkk")
     assert len(str(error)) < 200
 

@@ -63,7 +63,7 @@ def test_a_scratch_database_name_is_prefix_worker_and_random_hex(wake_server: Te
 async def test_a_scratch_database_is_migrated_to_head_with_the_wake_tables(wake_server: TestServer) -> None:
     async with ScratchDatabase(wake_server.url, prefix="agent_wake_support") as url:
         assert await public_tables(url) >= WAKE_TABLES
-        assert await fetch_column(url, "SELECT version_num FROM alembic_version") == {"agent_wake_0007"}
+        assert await fetch_column(url, "SELECT version_num FROM alembic_version") == {"agent_wake_0008"}
 
 
 async def test_a_scratch_database_is_gone_from_the_server_after_the_block(wake_server: TestServer) -> None:

@@ -18,11 +18,14 @@ instant returned is aware and in UTC. What a *period* is, per type:
   uniformly at random from ``start_hour`` to ``end_hour`` of each local date
   in ``tz``, from a generator seeded with the schedule id and the date: every
   tick, in any process, draws the same instants for a day. Two draws on the
-  same second are one fire. The window's ends are resolved like ``daily_at``'s
+  same second are one fire. An overnight window (``end_hour`` before
+  ``start_hour``, 22 to 6) ends on the next local date; its draws belong to
+  the date it starts on. The window's ends are resolved like ``daily_at``'s
   times, so a window a DST change removes entirely (02:00 to 03:00 on a
   spring-forward day) collapses onto the end of the gap;
-- ``one_shot_at`` / ``relative_delay``: a single period, at ``fire_at_iso`` /
-  ``delay`` after the schedule was made; none after it.
+- ``one_shot_at`` / ``relative_delay``: a single period, at ``fire_at_iso``
+  (read as UTC when it has no offset) / ``delay`` after the schedule was
+  made; none after it.
 
 A period past the end of year 9999 does not exist: the schedule is finished.
 Application-registered types have no reference arithmetic; both functions
@@ -43,8 +46,16 @@ from agent_wake import enums
 from agent_wake.errors import InvalidInputError
 from agent_wake.models import WakeSchedule
 
-# The config syntax's one source: the cron fields' bounds and names, and the delay units.
-from agent_wake.schedule_configs import CRON_FIELDS, SECONDS_PER_UNIT, validate_schedule_config
+# The config syntax's one source: the cron fields' bounds and names, the delays, the one-shot instants.
+from agent_wake.schedule_configs import (
+    CRON_FIELDS,
+    CRON_LAST_DAY,
+    DayOfWeekNumbering,
+    cron_items,
+    delay_seconds,
+    fire_at_instant,
+    validate_schedule_config,
+)
 from agent_wake.schedule_repository import DueSchedule
 
 __all__ = ["BUILT_IN_SCHEDULE_TYPES", "first_fire", "next_fire"]
@@ -82,11 +93,15 @@ def next_fire(schedule: DueSchedule | WakeSchedule, now: datetime) -> datetime |
     day of week), read in UTC. Each is ``*`` or a list of values, ranges
     (``a-b``) and steps (``*/s``, ``a-b/s``, and ``a/s`` for ``a`` to the
     field's end); months may be named ``jan``-``dec`` and weekdays ``sun``-``sat``;
-    day of week 0 and 7 are both Sunday. When both day fields are restricted,
-    a day matches if either does (POSIX): ``0 0 29 2 1`` fires on February 29
-    and on every Monday of February. As in Vixie cron and cronie, a day field
-    that starts with ``*`` (``*``, ``*/2``) is not restricted: with it the
-    other day field must match as well.
+    day of week 0 and 7 are both Sunday. The day of month may also list
+    ``last``, the last day of each month. When both day fields are
+    restricted, a day matches if either does (POSIX): ``0 0 29 2 1`` fires
+    on February 29 and on every Monday of February. As in Vixie cron and
+    cronie, a day field that starts with ``*`` (``*``, ``*/2``) is not
+    restricted: with it the other day field must match as well. A config
+    with ``day_of_week_numbering`` ``"apscheduler"`` reads day of week 0 as
+    Monday to 6 as Sunday (``mon``-``sun``), and a day must match both day
+    fields (see :class:`~agent_wake.schedule_configs.CronConfig`).
 
     Refuses (:class:`~agent_wake.errors.InvalidInputError`) a naive ``now``,
     a schedule without an aware ``next_fire_at`` or a known
@@ -135,11 +150,10 @@ def first_fire(
     config = _built_in_config(schedule_type, schedule_config)
     try:
         if schedule_type == "one_shot_at":
-            instant = datetime.fromisoformat(config["fire_at_iso"]).astimezone(UTC)
+            instant = fire_at_instant(config["fire_at_iso"])
             return instant if instant >= now else None
         if schedule_type == "relative_delay":
-            delay: str = config["delay"]
-            return now + timedelta(seconds=int(delay[:-1]) * SECONDS_PER_UNIT[delay[-1]])
+            return now + timedelta(seconds=delay_seconds(config["delay"]))
         return _repeating_after(schedule_type, config, now, anchor=now, schedule_id=schedule_id)
     except OverflowError:
         return None
@@ -166,7 +180,8 @@ def _repeating_after(
     if schedule_type == "daily_at":
         return _daily_after(config, after)
     if schedule_type == "cron":
-        cron = _parse_cron(config["expr"])
+        # A config without the key is standard cron (CronConfig).
+        cron = _parse_cron(config["expr"], config.get("day_of_week_numbering", "cron"))
         _require_can_match(cron, config["expr"])
         return _cron_after(cron, after)
     if schedule_id is None:
@@ -215,6 +230,9 @@ def _daily_after(config: Mapping[str, Any], after: datetime) -> datetime:
 def _random_after(config: Mapping[str, Any], after: datetime, schedule_id: uuid.UUID) -> datetime:
     zone = ZoneInfo(config["tz"])
     day = after.astimezone(zone).date()
+    if config["end_hour"] < config["start_hour"]:
+        # The overnight window that started the day before may still be open.
+        day -= timedelta(days=1)
     while True:
         later = [instant for instant in _random_instants(config, zone, day, schedule_id) if instant > after]
         if later:
@@ -223,10 +241,13 @@ def _random_after(config: Mapping[str, Any], after: datetime, schedule_id: uuid.
 
 
 def _random_instants(config: Mapping[str, Any], zone: ZoneInfo, day: date, schedule_id: uuid.UUID) -> list[datetime]:
-    """The day's instants, in order: the same for every caller, whatever its process or Python version."""
-    start = _local_instant(datetime.combine(day, time(config["start_hour"])), zone)
-    end_day, end_hour = (day + timedelta(days=1), 0) if config["end_hour"] == 24 else (day, config["end_hour"])
-    span = (_local_instant(datetime.combine(end_day, time(end_hour)), zone) - start) // _SECOND
+    """The instants of the window that starts on ``day``, in order: the same for every caller,
+    whatever its process or Python version."""
+    start_hour, end_hour = config["start_hour"], config["end_hour"]
+    # 24 is the midnight that ends the day; an end before the start is on the next day.
+    end_day = day + timedelta(days=1) if end_hour == 24 or end_hour < start_hour else day
+    start = _local_instant(datetime.combine(day, time(start_hour)), zone)
+    span = (_local_instant(datetime.combine(end_day, time(end_hour % 24)), zone) - start) // _SECOND
     # A str seed is hashed with SHA-512, and random() is the one method whose
     # sequence Python promises to keep across versions for a given seed.
     draws = random.Random(f"{schedule_id}/{day.isoformat()}")
@@ -241,14 +262,16 @@ class _Cron:
     minutes: tuple[int, ...]
     hours: tuple[int, ...]
     days: frozenset[int]
+    last_day: bool  # the day of month lists "last"
     months: tuple[int, ...]
     weekdays: frozenset[int]
-    either_day: bool  # both day fields restricted: a day matches if either does
+    either_day: bool  # a day matches if either day field does
 
-    def matches_day(self, day: int, weekday: int) -> bool:
+    def matches_day(self, day: int, weekday: int, days_in_month: int) -> bool:
+        by_day = day in self.days or (self.last_day and day == days_in_month)
         if self.either_day:
-            return day in self.days or weekday in self.weekdays
-        return day in self.days and weekday in self.weekdays
+            return by_day or weekday in self.weekdays
+        return by_day and weekday in self.weekdays
 
     def first_time(self, hour: int, minute: int) -> tuple[int, int] | None:
         """The first (hour, minute) of the expression at or after ``hour:minute`` of a day."""
@@ -262,27 +285,34 @@ class _Cron:
         return None
 
 
-def _parse_cron(expr: str) -> _Cron:
-    """The fields of an expression ``validate_schedule_config`` accepted."""
+def _parse_cron(expr: str, numbering: DayOfWeekNumbering) -> _Cron:
+    """The fields of an expression ``validate_schedule_config`` accepted with ``numbering``."""
     parts = expr.split()
     values = [
-        _cron_field(part, lowest, highest, names)
-        for part, (_, lowest, highest, names) in zip(parts, CRON_FIELDS, strict=True)
+        _cron_field(cron_items(part, names, numbering), lowest, highest, names)
+        for part, (_, lowest, highest, names) in zip(parts, CRON_FIELDS[numbering], strict=True)
     ]
     minutes, hours, days, months, weekdays = values
+    # APScheduler counts from Monday, cron from Sunday (7 is Sunday again).
+    from_sunday = 1 if numbering == "apscheduler" else 0
     return _Cron(
         minutes=tuple(sorted(minutes)),
         hours=tuple(sorted(hours)),
         days=frozenset(days),
+        last_day=CRON_LAST_DAY in parts[2].lower().split(","),
         months=tuple(sorted(months)),
-        weekdays=frozenset(weekday % 7 for weekday in weekdays),
-        either_day=not (parts[2].startswith("*") or parts[4].startswith("*")),
+        weekdays=frozenset((weekday + from_sunday) % 7 for weekday in weekdays),
+        # APScheduler requires both day fields whatever they hold.
+        either_day=numbering == "cron" and not (parts[2].startswith("*") or parts[4].startswith("*")),
     )
 
 
-def _cron_field(part: str, lowest: int, highest: int, names: tuple[str, ...]) -> set[int]:
+def _cron_field(items: list[str], lowest: int, highest: int, names: tuple[str, ...]) -> set[int]:
     values: set[int] = set()
-    for item in part.split(","):
+    for item in items:
+        # Validation lets "last" into the day of month only, alone; _parse_cron reads it.
+        if item.lower() == CRON_LAST_DAY:
+            continue
         span, slash, step = item.partition("/")
         if span == "*":
             first, last = lowest, highest
@@ -302,9 +332,14 @@ def _cron_value(token: str, lowest: int, names: tuple[str, ...]) -> int:
 
 def _require_can_match(cron: _Cron, expr: str) -> None:
     # Every weekday falls on every day of every month in some year of the
-    # cycle, so only the days of month can rule an expression out: with both
-    # day fields restricted the weekdays alone match in any month.
-    if cron.either_day or any(day <= _LONGEST_MONTH[month] for month in cron.months for day in cron.days):
+    # cycle, so only the days of month can rule an expression out: with
+    # either day field enough the weekdays alone match in any month, and
+    # every month has a last day.
+    if (
+        cron.either_day
+        or cron.last_day
+        or any(day <= _LONGEST_MONTH[month] for month in cron.months for day in cron.days)
+    ):
         return
     raise InvalidInputError(
         "schedule_config.expr",
@@ -325,8 +360,9 @@ def _cron_after(cron: _Cron, after: datetime) -> datetime:
             this_month = (year, month) == (start.year, start.month)
             # date.weekday() of the 1st (Monday = 0) is the cron weekday (Sunday = 0) of the day before it.
             weekday_before_first = date(year, month, 1).weekday()
-            for day in range(start.day if this_month else 1, monthrange(year, month)[1] + 1):
-                if not cron.matches_day(day, (weekday_before_first + day) % 7):
+            days_in_month = monthrange(year, month)[1]
+            for day in range(start.day if this_month else 1, days_in_month + 1):
+                if not cron.matches_day(day, (weekday_before_first + day) % 7, days_in_month):
                     continue
                 today = this_month and day == start.day
                 found = cron.first_time(start.hour, start.minute) if today else (cron.hours[0], cron.minutes[0])

@@ -32,10 +32,22 @@ from collections.abc import Mapping
 from contextlib import suppress
 from datetime import UTC, datetime
 from functools import cache
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 from zoneinfo import available_timezones
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from agent_wake._validation import ECHO_CHARS, clipped, require_utf8, shown
 from agent_wake.errors import InvalidInputError
@@ -78,9 +90,10 @@ def _time_zone(name: str) -> str:
 
 TimeZoneName = Annotated[str, AfterValidator(_time_zone)]
 
-# (name, lowest, highest, names) of the five cron fields, in order; the schedule
-# arithmetic reads the same table, so the syntax is defined once.
-CRON_FIELDS: Final = (
+DayOfWeekNumbering = Literal["cron", "apscheduler"]
+# (name, lowest, highest, names) of a cron field; names[0] stands for lowest.
+_CronField = tuple[str, int, int, tuple[str, ...]]
+_MINUTE_TO_MONTH: Final[tuple[_CronField, ...]] = (
     ("minute", 0, 59, ()),
     ("hour", 0, 23, ()),
     ("day of month", 1, 31, ()),
@@ -90,8 +103,33 @@ CRON_FIELDS: Final = (
         12,
         ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"),
     ),
-    ("day of week", 0, 7, ("sun", "mon", "tue", "wed", "thu", "fri", "sat")),
 )
+# The five cron fields, in order, for each day-of-week numbering (see
+# CronConfig); the schedule arithmetic reads the same tables, so the syntax
+# is defined once.
+CRON_FIELDS: Final[dict[DayOfWeekNumbering, tuple[_CronField, ...]]] = {
+    "cron": (*_MINUTE_TO_MONTH, ("day of week", 0, 7, ("sun", "mon", "tue", "wed", "thu", "fri", "sat"))),
+    "apscheduler": (*_MINUTE_TO_MONTH, ("day of week", 0, 6, ("mon", "tue", "wed", "thu", "fri", "sat", "sun"))),
+}
+# The last day of each month: an item of its own in the day-of-month field, in any case.
+CRON_LAST_DAY: Final = "last"
+# APScheduler 3 read an item of a field with names that starts with a letter
+# as the name, or range of names, it starts with, and ignored the rest.
+_APSCHEDULER_NAMES = re.compile(r"[A-Za-z]+(?:-[A-Za-z]+)?")
+
+
+def cron_items(part: str, names: tuple[str, ...], numbering: DayOfWeekNumbering) -> list[str]:
+    """The items of one field of a cron expression as ``numbering`` reads them; the schedule
+    arithmetic reads fields through it.
+
+    With ``"apscheduler"``, an item of the month or day-of-week field that
+    starts with a name is that name or range of names alone, as APScheduler 3
+    read it: ``mon-fri/2`` is ``mon-fri``, ``mon-5`` is ``mon``.
+    """
+    items = part.split(",")
+    if numbering == "cron" or not names:
+        return items
+    return [match[0] if (match := _APSCHEDULER_NAMES.match(item)) else item for item in items]
 
 
 # [0-9], not isdigit(): that would take other scripts' digits, such as "٣".
@@ -118,12 +156,20 @@ def _cron_value(token: str, lowest: int, highest: int, names: tuple[str, ...], f
     return value
 
 
-def _cron_expression(expr: str) -> str:
+def _cron_expression(expr: str, numbering: DayOfWeekNumbering) -> str:
     parts = expr.split()
-    if len(parts) != len(CRON_FIELDS):
+    if len(parts) != len(CRON_FIELDS[numbering]):
         raise ValueError(f"a cron expression has 5 fields, got {len(parts)}")
-    for part, (field, lowest, highest, names) in zip(parts, CRON_FIELDS, strict=True):
-        for item in part.split(","):
+    for part, (field, lowest, highest, names) in zip(parts, CRON_FIELDS[numbering], strict=True):
+        for item in cron_items(part, names, numbering):
+            if field == "day of month" and item.lower() == CRON_LAST_DAY:
+                continue
+            if CRON_LAST_DAY in re.split("[-/]", item.lower()):
+                where = "in a range or step" if field == "day of month" else "outside the day-of-month field"
+                raise ValueError(
+                    f"{field}: {CRON_LAST_DAY!r} (the last day of the month) must be an item of its own "
+                    f"in the day-of-month field, not {where}"
+                )
             span, slash, step = item.partition("/")
             # A step past the field's largest value is a mistake: it never reaches a second value.
             if slash and _cron_number(step, highest) in (None, 0):
@@ -137,18 +183,30 @@ def _cron_expression(expr: str) -> str:
     return " ".join(parts)
 
 
-_DELAY = re.compile(r"([1-9][0-9]{0,9})([smhd])")
-# Shared with the schedule arithmetic, like CRON_FIELDS.
+# The older implementation also wrote a leading plus, leading zeros and an
+# upper-case unit ("+5m", "05m", "30M"). The unit is spelled out, not matched
+# with IGNORECASE, which would also take "\u017f" (long s) for "s".
+_DELAY = re.compile(r"\+?0*([1-9][0-9]{0,9})([smhdSMHD])")
 SECONDS_PER_UNIT: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 # Beyond ten years a schedule is a mistake, and datetime arithmetic overflows soon after.
 MAX_SCHEDULE_SECONDS: Final = 10 * 366 * 86_400
 
 
-def _delay(value: str) -> str:
-    match = _DELAY.fullmatch(value)
+def delay_seconds(delay: str) -> int:
+    """The seconds of a ``relative_delay`` ``delay``; the schedule arithmetic reads delays through it.
+
+    Raises ValueError, with the rule, for one that is not a whole number
+    from 1 (an optional ``+`` and leading zeros allowed) followed by ``s``,
+    ``m``, ``h`` or ``d`` in either case. The ten-year bound is not checked here.
+    """
+    match = _DELAY.fullmatch(delay)
     if not match:
         raise ValueError("must be a positive whole number followed by s, m, h or d, like '30m'")
-    if int(match[1]) * SECONDS_PER_UNIT[match[2]] > MAX_SCHEDULE_SECONDS:
+    return int(match[1]) * SECONDS_PER_UNIT[match[2].lower()]
+
+
+def _delay(value: str) -> str:
+    if delay_seconds(value) > MAX_SCHEDULE_SECONDS:
         raise ValueError(f"must be at most {MAX_SCHEDULE_SECONDS // 86_400} days (about ten years)")
     return value
 
@@ -158,28 +216,51 @@ def _delay(value: str) -> str:
 _ISO_DATE_TIME = re.compile(r"[0-9W-]+[T ][0-9:.,]+(?:Z|[+-][0-9:.]+)?")
 
 
-def _aware_iso(value: str) -> str:
+def fire_at_instant(fire_at_iso: str) -> datetime:
+    """The instant, in UTC, of a ``one_shot_at`` ``fire_at_iso``; the schedule arithmetic reads it through this.
+
+    A date and time without a UTC offset is read as UTC, as the older
+    implementation wrote it. Raises ValueError, with the rule, for text that
+    is not an ISO 8601 date and time, and for an instant outside years 1 to
+    9999 once converted to UTC.
+    """
     moment: datetime | None = None
-    if _ISO_DATE_TIME.fullmatch(value):
+    if _ISO_DATE_TIME.fullmatch(fire_at_iso):
         # Refused below, not chained: fromisoformat's own error repeats the whole value.
         with suppress(ValueError):
-            moment = datetime.fromisoformat(value)
+            moment = datetime.fromisoformat(fire_at_iso)
     if moment is None:
         raise ValueError("must be an ISO 8601 date and time, like '2026-05-25T14:00:00+00:00'")
     if moment.tzinfo is None:
-        raise ValueError("must carry a UTC offset, like '2026-05-25T14:00:00+00:00'")
+        return moment.replace(tzinfo=UTC)
     try:
-        moment.astimezone(UTC)
+        return moment.astimezone(UTC)
     except OverflowError:
         raise ValueError("must lie between years 1 and 9999 once converted to UTC") from None
+
+
+def _fire_at_iso(value: str) -> str:
+    fire_at_instant(value)
     return value
 
 
 class ScheduleConfig(BaseModel):
-    """Base of the ``schedule_config`` models: unknown keys are refused, and
-    values must already have their type ("14" is not an hour, nor is True)."""
+    """Base of the built-in ``schedule_config`` models: the values of the keys
+    a model names must already have their type ("14" is not an hour, nor is
+    True); any other key is kept verbatim and not interpreted.
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    Keys are kept because the older implementation's stored configs carry
+    some (``"label"``, ``"jitter"``) and must be saved again unchanged. It
+    follows that a misspelt optional key is not caught: ``{"hour": 9,
+    "minutes": 30}`` is stored as given and fires at 09:00. A misspelt
+    required key still fails, as the required one is then missing. Refuses
+    an unknown key whose value is not JSON (a tuple, a date, bytes).
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True, ser_json_inf_nan="constants")
+    # Checked as JSON, so that nothing is converted on its way to jsonb; NaN
+    # is dumped as NaN (ser_json_inf_nan), for json.dumps to refuse, not as null.
+    __pydantic_extra__: dict[str, JsonValue]
 
 
 class DailyAtConfig(ScheduleConfig):
@@ -197,7 +278,15 @@ class EveryNHoursConfig(ScheduleConfig):
 
 
 class RandomWithinWindowConfig(ScheduleConfig):
-    """``random_within_window``: ``fires_per_day`` random instants between the two hours."""
+    """``random_within_window``: ``fires_per_day`` random instants between the two hours.
+
+    The window runs from ``start_hour:00`` to ``end_hour:00`` of each local
+    date in ``tz`` (``end_hour`` 24 is the midnight that ends the date). An
+    ``end_hour`` before ``start_hour`` is an overnight window: 22 to 6 runs
+    from 22:00 of a local date to 06:00 of the next. Refuses ``end_hour``
+    equal to ``start_hour``: that could mean no time or the whole day (the
+    whole day is 0 to 24).
+    """
 
     start_hour: int = Field(ge=0, le=23)
     end_hour: int = Field(ge=1, le=24)
@@ -206,25 +295,75 @@ class RandomWithinWindowConfig(ScheduleConfig):
 
     @model_validator(mode="after")
     def _window_is_not_empty(self) -> "RandomWithinWindowConfig":
-        if self.end_hour <= self.start_hour:
-            raise ValueError("end_hour must be after start_hour")
+        if self.end_hour == self.start_hour:
+            raise ValueError(
+                "end_hour must differ from start_hour: equal hours could mean no time or the whole day "
+                "(the whole day is 0 to 24)"
+            )
         return self
 
 
 class OneShotAtConfig(ScheduleConfig):
-    """``one_shot_at``: once, at ``fire_at_iso`` (with a UTC offset)."""
+    """``one_shot_at``: once, at ``fire_at_iso``.
 
-    fire_at_iso: Annotated[str, AfterValidator(_aware_iso)]
+    An ISO 8601 date and time; one without a UTC offset
+    (``"2026-05-25T14:00:00"``) means UTC, and is kept as given.
+    """
+
+    fire_at_iso: Annotated[str, AfterValidator(_fire_at_iso)]
 
 
 class CronConfig(ScheduleConfig):
-    """``cron``: a five-field cron expression (minute hour day month weekday)."""
+    """``cron``: a five-field cron expression (minute hour day month weekday), in UTC.
 
-    expr: Annotated[str, AfterValidator(_cron_expression)]
+    ``day_of_week_numbering`` says how the expression was written:
+
+    - ``"cron"``, and a config without the key: standard cron. Day of week
+      0 and 7 are Sunday, 1 Monday, 6 Saturday (names ``sun``-``sat``); when
+      both day fields are restricted a day matching either fires, and a day
+      field starting with ``*`` is not restricted (Vixie cron, cronie);
+    - ``"apscheduler"``: as APScheduler 3's ``CronTrigger.from_crontab``
+      read it. Day of week 0 is Monday, 6 Sunday (names ``mon``-``sun``), 7
+      is refused; a day must match both day fields (a field of ``*``
+      matches every day). An item of the month or day-of-week field that
+      starts with a name is that name or range of names alone, whatever
+      follows: ``mon-fri/2`` is Monday to Friday, ``mon-5`` Monday,
+      ``jan/3`` January. A few expressions APScheduler 3 refused are
+      accepted, read as standard cron reads them: a range from a number to a
+      name (``1-fri``), a step longer than its range (``1-5/10``).
+
+    The key is returned only when it was given, so that a stored config
+    without it is returned unchanged. The day-of-month field may hold
+    ``last`` (any case) as an item of its own, the last day of each month;
+    ``last`` is refused in a range or step and in any other field.
+    """
+
+    # Before expr, whose validator reads it.
+    day_of_week_numbering: DayOfWeekNumbering = "cron"
+    expr: str
+
+    @field_validator("expr")
+    @classmethod
+    def _expression(cls, expr: str, info: ValidationInfo) -> str:
+        # Missing from info.data when it was refused itself: that error is reported first.
+        return _cron_expression(expr, info.data.get("day_of_week_numbering", "cron"))
+
+    @model_serializer(mode="wrap")
+    def _numbering_only_when_given(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        dumped: dict[str, Any] = handler(self)
+        if "day_of_week_numbering" not in self.model_fields_set:
+            del dumped["day_of_week_numbering"]
+        return dumped
 
 
 class RelativeDelayConfig(ScheduleConfig):
-    """``relative_delay``: once, after ``delay`` (``"30s"``, ``"30m"``, ``"2h"``, ``"1d"``)."""
+    """``relative_delay``: once, after ``delay`` (``"30s"``, ``"30m"``, ``"2h"``, ``"1d"``).
+
+    Also accepted, and kept as given, as the older implementation wrote
+    them: an upper-case unit (``"30M"``, 30 minutes), leading zeros
+    (``"05m"``) and a leading plus (``"+5m"``), both 5 minutes. Refuses zero,
+    a negative number, any other unit, and more than 3660 days.
+    """
 
     delay: Annotated[str, AfterValidator(_delay)]
 
@@ -274,7 +413,8 @@ def validate_schedule_config(schedule_type: str, config: Any) -> dict[str, Any]:
 
     Returns a new dict: the model's JSON form, with its defaults filled in
     (``{"hour": 14}`` for ``daily_at`` gives ``{"hour": 14, "minute": 0,
-    "tz": "UTC"}``) and values in their stored form (a cron expression's
+    "tz": "UTC"}``; a ``cron`` config without ``day_of_week_numbering``
+    stays without it) and values in their stored form (a cron expression's
     fields joined by single spaces). ``config`` itself is not changed.
 
     Refuses with ``InvalidInputError``, whose ``field`` is
@@ -283,8 +423,10 @@ def validate_schedule_config(schedule_type: str, config: Any) -> dict[str, Any]:
     string or not known (the rule lists the known ones); a ``config`` that
     is not a dict, nests deeper than :data:`MAX_CONFIG_DEPTH`, is larger
     than :data:`MAX_CONFIG_BYTES` as JSON, has a key or value its model
-    refuses (unknown keys are refused), or cannot be stored as ``jsonb``.
-    A message repeats a value only as a short repr.
+    refuses, or cannot be stored as ``jsonb``. The built-in models keep a
+    key they do not know verbatim (so a misspelt optional key is not
+    caught; see :class:`ScheduleConfig`); an application's model decides
+    for its own. A message repeats a value only as a short repr.
 
     Costs one walk of the config, its model's validation and one
     ``json.dumps``; no database.
