@@ -125,6 +125,22 @@ async def build_populated(url: str, schema: str, step: int) -> None:
     await execute(url, f'SET search_path TO "{schema}"', *seed_rows(step))
 
 
+def read_as_apscheduler_wrote_it(rows: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """``rows`` after revision agent_wake_0008: the older implementation's cron schedules that restrict a
+    day ("0 9 * * 1" in ``seed_rows``) are marked as read with APScheduler's day-of-week numbering."""
+    marked = dict(rows)
+    marked["agent_wake_schedules"] = sorted(
+        [
+            {**row, "schedule_config": {**row["schedule_config"], "day_of_week_numbering": "apscheduler"}}
+            if row["schedule_type"] == "cron"
+            else row
+            for row in rows.get("agent_wake_schedules", [])
+        ],
+        key=str,
+    )
+    return marked
+
+
 def without_new_columns(before: dict[str, list[dict[str, Any]]], after: dict[str, list[dict[str, Any]]]) -> dict:
     """``after``'s rows of ``before``'s tables, cut to the columns ``before`` had (an upgrade adds
     tables and columns)."""
@@ -172,7 +188,7 @@ async def test_adopting_a_populated_schema_stamps_its_step_and_upgrading_keeps_e
     assert await on_connection(url, dump, schema) == before
     upgrade = await on_connection(url, upgrade_schema, schema)
     assert upgrade.applied == adoption.pending
-    assert without_new_columns(before, await on_connection(url, dump, schema)) == before
+    assert without_new_columns(before, await on_connection(url, dump, schema)) == read_as_apscheduler_wrote_it(before)
     await on_connection(url, upgrade_schema, "fresh")
     fresh = await on_connection(url, shapes, "fresh")
     assert _catalog.first_difference(fresh, await on_connection(url, shapes, schema)) is None

@@ -218,12 +218,12 @@ async def test_writers_keep_writing_while_a_populated_database_is_upgraded_from_
     writer = asyncio.create_task(write_until(stop, url, schedules))
     await asyncio.sleep(0.5)
     began = time.monotonic()
-    await asyncio.to_thread(command.upgrade, alembic_config(url), "agent_wake_0007")
+    await asyncio.to_thread(command.upgrade, alembic_config(url), "head")
     ended = time.monotonic()
     stop.set()
     writes = await writer
 
-    assert await versions(url) == {"agent_wake_0007"}
+    assert await versions(url) == {"agent_wake_0008"}
     during = [end - start for start, end in writes if start < ended and end > began]
     assert len(during) >= 10, f"the writer made {len(during)} writes in the {ended - began:.1f} s of the upgrade"
     slowest = max(end - start for start, end in writes)
@@ -267,7 +267,7 @@ async def test_a_revision_that_cannot_get_its_lock_gives_up_at_the_lock_timeout_
 
     assert await versions(url) == {left_at}
     where.upgrade(url, where.heads)
-    assert await versions(url) == {"agent_wake_0007"}
+    assert await versions(url) == {"agent_wake_0008"}
     assert await catalog(url) == await fresh_catalog(scratch_databases, where)
 
 
@@ -296,7 +296,7 @@ async def test_step_three_resumes_at_validate_after_a_fire_naming_no_subscriptio
 
     await execute(url, "UPDATE wake_fires SET webhook_subscription_id = NULL")
     where.upgrade(url, where.heads)
-    assert await versions(url) == {"agent_wake_0007"}
+    assert await versions(url) == {"agent_wake_0008"}
     assert await catalog(url) == await fresh_catalog(scratch_databases, where)
 
 
@@ -336,7 +336,7 @@ async def test_step_seven_resumes_after_its_unique_build_failed_on_a_duplicate(
     alembic("upgrade", "head", url=url)
     rebuilt = await index(url, "idx_wake_fires_schedule_period")
     assert (rebuilt.valid, rebuilt.unique) == (True, True)
-    assert await versions(url) == {"agent_wake_0007"}
+    assert await versions(url) == {"agent_wake_0008"}
 
 
 async def test_step_seven_keeps_a_valid_index_and_rebuilds_an_invalid_one(
