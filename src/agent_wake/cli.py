@@ -4,6 +4,7 @@ matches ``--schemas`` (a shell-style pattern such as ``'agent_*'``).
 
 - ``adopt``: stamp schemas the older runner built (see :mod:`agent_wake.adoption`);
 - ``upgrade``: every schema to our head, each with its own version table;
+- ``distribute``: the distributed layout (see :mod:`agent_wake.distribution`);
 - ``prune-fires``, ``gc-orphans``, ``rotate-keys``: the batch jobs of
   :mod:`agent_wake.maintenance`;
 - ``doctor``: what is wrong with a deployment, changing nothing.
@@ -33,6 +34,7 @@ from agent_wake import maintenance
 from agent_wake._progress import ProgressBar
 from agent_wake.adoption import AdoptionRefusedError, UpgradeFailedError, adopt_schema, upgrade_schema
 from agent_wake.database import create_engine_and_session_factory, resolve_database_url
+from agent_wake.distribution import DistributionRefusedError, distribute_schema
 from agent_wake.doctor import examine_schema
 from agent_wake.errors import AgentWakeError, InvalidInputError, SecretDecryptionError
 from agent_wake.secret_box import SecretBox
@@ -92,6 +94,11 @@ def _parser() -> argparse.ArgumentParser:
 
     command("adopt", _adopt, "Stamp schemas built by the older migration runner at our revision for their step.")
     command("upgrade", _upgrade, "Run our revisions to head in every matching schema.")
+    command(
+        "distribute",
+        _distribute,
+        "Key the wake tables by conversation_id everywhere and, on Citus, distribute them (see the README).",
+    )
     prune = command("prune-fires", _prune_fires, "Delete old fire history in short batches.")
     prune.add_argument("--older-than", required=True, type=_duration, metavar="AGE", help="e.g. 30d, 12h, 90m")
     prune.add_argument("--batch-size", type=int, default=1000)
@@ -161,6 +168,30 @@ async def _upgrade(args: argparse.Namespace) -> int:
         return True
 
     return await _each_schema(args, "upgrade", upgrade, stop_at_failure=True)
+
+
+async def _distribute(args: argparse.Namespace) -> int:
+    async def distribute(engine: AsyncEngine, schema: str) -> bool:
+        async with engine.connect() as connection:
+            try:
+                done = await connection.run_sync(distribute_schema, schema, dry_run=args.dry_run)
+            except DistributionRefusedError as exc:
+                _say(f"{schema}: refused: {exc.reason}")
+                return False
+        steps = [step for step, due in (("re-key", done.rekeyed), ("distribute on Citus", done.distributed)) if due]
+        if not steps:
+            where = "re-keyed and distributed" if done.citus else "re-keyed (no Citus here: not distributed)"
+            _say(f"{schema}: already {where}")
+        elif done.dry_run:
+            _say(f"{schema}: would {' and '.join(steps)}")
+        else:
+            _say(f"{schema}: {' and '.join(_DONE[step] for step in steps)}")
+        return True
+
+    return await _each_schema(args, "distribute", distribute, stop_at_failure=True)
+
+
+_DONE: Final = {"re-key": "re-keyed", "distribute on Citus": "distributed on Citus"}
 
 
 async def _prune_fires(args: argparse.Namespace) -> int:
