@@ -29,6 +29,7 @@ from agent_wake import _catalog, _older_runner
 from agent_wake.database import validate_schema_name
 from agent_wake.errors import AgentWakeError
 from agent_wake.migration_config import alembic_config
+from agent_wake.partition_guard import spans_partitions
 
 __all__ = [
     "AdoptionRefusedError",
@@ -112,7 +113,7 @@ def adopt_schema(connection: Connection, schema: str, *, dry_run: bool = False) 
     committed with the checks in one transaction.
     """
     validate_schema_name(schema)
-    with _older_runner_lock(connection, schema):
+    with _older_runner_lock(connection, schema), spans_partitions("adopt: checks every conversation's fires"):
         step = _checked_step(connection, schema)
         revision = _older_runner.revision_for_step(step)
         pending = _revisions_after(revision)

@@ -33,6 +33,7 @@ from sqlalchemy import Connection, text
 
 from agent_wake.database import validate_schema_name
 from agent_wake.errors import AgentWakeError
+from agent_wake.partition_guard import spans_partitions
 
 __all__ = ["Distribution", "DistributionRefusedError", "distribute_schema", "is_rekeyed"]
 
@@ -139,7 +140,7 @@ def distribute_schema(connection: Connection, schema: str, *, dry_run: bool = Fa
     validate_schema_name(schema)
     if connection.in_transaction():
         connection.commit()
-    with _in_schema(connection, schema):
+    with _in_schema(connection, schema), spans_partitions("distribute: checks and re-keys every conversation's rows"):
         present = connection.execute(
             text(
                 "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
