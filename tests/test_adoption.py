@@ -187,7 +187,7 @@ async def test_adopting_a_populated_schema_stamps_its_step_and_upgrading_keeps_e
     assert await on_connection(url, versions, schema) == {f"agent_wake_{step:04d}"}
     assert await on_connection(url, dump, schema) == before
     upgrade = await on_connection(url, upgrade_schema, schema)
-    assert upgrade.applied == adoption.pending
+    assert upgrade.applied == tuple(f"agent_wake_{later:04d}" for later in range(step + 1, 9))
     assert without_new_columns(before, await on_connection(url, dump, schema)) == read_as_apscheduler_wrote_it(before)
     await on_connection(url, upgrade_schema, "fresh")
     fresh = await on_connection(url, shapes, "fresh")
@@ -388,3 +388,102 @@ async def test_a_host_history_reaching_our_first_revision_on_a_runner_schema_is_
 
     assert "FAILED: schema public was built by the older migration runner" in refused
     assert "agent_wake_0006" in refused
+
+
+def runner_lock_is_free(connection: Connection, schema: str) -> bool:
+    key = {"namespace": _older_runner.LOCK_NAMESPACE, "key": _older_runner.lock_key(schema)}
+    taken = connection.execute(text("SELECT pg_try_advisory_lock(:namespace, :key)"), key).scalar_one()
+    if taken:
+        connection.execute(text("SELECT pg_advisory_unlock(:namespace, :key)"), key)
+    connection.commit()
+    return bool(taken)
+
+
+async def test_a_refused_adoption_releases_the_runners_lock_on_a_connection_that_stays_open(
+    scratch_databases: ScratchDatabases,
+) -> None:
+    url = await scratch_databases.create()
+    await build_populated(url, AGENT_A, 6)
+    await on_connection(url, adopt_schema, AGENT_A)
+    engine = create_async_engine(resolve_database_url(url), poolclass=pool.NullPool)
+    try:
+        async with engine.connect() as kept_open:
+            with pytest.raises(AdoptionRefusedError):
+                await kept_open.run_sync(adopt_schema, AGENT_A)
+            assert await on_connection(url, runner_lock_is_free, AGENT_A)
+    finally:
+        await engine.dispose()
+
+
+async def test_fires_of_one_schedule_without_a_period_do_not_count_as_duplicates(
+    scratch_databases: ScratchDatabases,
+) -> None:
+    url = await scratch_databases.create()
+    await build_populated(url, AGENT_A, 6)
+    await execute(
+        url,
+        f'SET search_path TO "{AGENT_A}"',
+        "INSERT INTO wake_fires (conversation_id, fire_id, schedule_id, status) "
+        "SELECT conversation_id, gen_random_uuid(), schedule_id, 'failed' "
+        "FROM agent_wake_schedules, generate_series(1, 2) LIMIT 2",
+    )
+
+    assert (await on_connection(url, adopt_schema, AGENT_A)).stamped
+    assert (await on_connection(url, upgrade_schema, AGENT_A)).applied == ("agent_wake_0007", "agent_wake_0008")
+
+
+async def test_a_revision_that_fails_after_its_first_commit_is_reported_as_partly_applied_and_resumes(
+    scratch_databases: ScratchDatabases,
+) -> None:
+    url = await scratch_databases.create()
+    await build_populated(url, AGENT_A, 2)
+    await on_connection(url, adopt_schema, AGENT_A)
+    # Step 3 validates its new foreign key after a commit: a fire naming no subscription fails it.
+    await execute(
+        url,
+        f'SET search_path TO "{AGENT_A}"',
+        "INSERT INTO wake_fires (conversation_id, fire_id, webhook_subscription_id, status) "
+        "VALUES (gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), 'fired')",
+    )
+
+    with pytest.raises(UpgradeFailedError) as failure:
+        await on_connection(url, upgrade_schema, AGENT_A)
+
+    assert (failure.value.reached, failure.value.failed) == (("agent_wake_0002",), "agent_wake_0003")
+    assert "may have committed its first part" in str(failure.value)
+    await execute(url, f'UPDATE "{AGENT_A}".wake_fires SET webhook_subscription_id = NULL')
+    resumed = await on_connection(url, upgrade_schema, AGENT_A)
+    assert resumed.applied[0] == "agent_wake_0003"
+    live = await on_connection(url, shapes, AGENT_A)
+    await on_connection(url, upgrade_schema, "fresh")
+    assert _catalog.first_difference(await on_connection(url, shapes, "fresh"), live) is None
+
+
+def ledger(connection: Connection, schema: str) -> list[tuple[int, str]]:
+    rows = connection.execute(
+        text(
+            f'SELECT version, description FROM "{schema}"._schema_migrations '
+            "WHERE package = 'agent_wake' ORDER BY version"
+        )
+    )
+    found = [(version, description) for version, description in rows]
+    connection.rollback()
+    return found
+
+
+async def test_an_upgrade_records_the_runners_six_steps_in_its_ledger(scratch_databases: ScratchDatabases) -> None:
+    url = await scratch_databases.create()
+    await build_populated(url, AGENT_A, 3)
+    await on_connection(url, adopt_schema, AGENT_A)
+    assert len(await on_connection(url, ledger, AGENT_A)) == 3
+
+    await on_connection(url, upgrade_schema, AGENT_A)
+
+    assert await on_connection(url, ledger, AGENT_A) == [
+        (1, "create_agent_wake_schedules"),
+        (2, "create_wake_fires"),
+        (3, "create_webhook_subscriptions"),
+        (4, "add_dispatching_status"),
+        (5, "open_verification_scheme_check"),
+        (6, "add_include_conversation_history"),
+    ]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, text
 
-__all__ = ["Column", "TableShape", "first_difference", "read_table_shapes"]
+__all__ = ["Column", "TableShape", "first_difference", "read_table_shapes", "relation_exists"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,8 @@ _CONSTRAINTS = text(
     JOIN pg_class c ON c.oid = k.conrelid
     JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE n.nspname = :schema AND c.relname = ANY(:tables)
+      -- PostgreSQL 18 lists NOT NULL constraints here too; the columns already say NOT NULL.
+      AND k.contype <> 'n'
     """
 )
 _INDEXES = text(
@@ -70,6 +72,18 @@ _INDEXES = text(
       AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = x.indexrelid AND k.conrelid = x.indrelid)
     """
 )
+
+
+def relation_exists(connection: Connection, schema: str, name: str) -> bool:
+    """Whether ``schema`` has a table (or view, sequence, index) named ``name``. One catalog query."""
+    found = connection.execute(
+        text(
+            "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = :schema AND c.relname = :name"
+        ),
+        {"schema": schema, "name": name},
+    ).first()
+    return found is not None
 
 
 def read_table_shapes(connection: Connection, schema: str, tables: Iterable[str]) -> dict[str, TableShape]:

@@ -9,7 +9,6 @@ to them step by step.
 """
 
 import hashlib
-import re
 from typing import Final
 
 from alembic import context
@@ -19,7 +18,6 @@ from sqlalchemy import Connection, text
 from agent_wake._catalog import Column, TableShape
 
 __all__ = [
-    "AGENT_SCHEMA",
     "LEDGER_PACKAGE",
     "LEDGER_TABLE",
     "LOCK_NAMESPACE",
@@ -42,8 +40,6 @@ STEPS: Final = (
     "open_verification_scheme_check",
     "add_include_conversation_history",
 )
-# One copy of every table per agent: "agent_" and the agent id's 32 lowercase hex digits.
-AGENT_SCHEMA: Final = re.compile(r"agent_[0-9a-f]{32}")
 LOCK_NAMESPACE: Final = 0x3EA510C
 WAKE_TABLES: Final = ("agent_wake_schedules", "wake_fires", "webhook_subscriptions")
 
@@ -75,7 +71,8 @@ def refuse_a_schema_the_runner_built(connection: Connection, *, only_with_wake_t
     if ledger is None:
         return
     step = connection.execute(
-        text(f'SELECT coalesce(max(version), 0) FROM "{ledger}".{LEDGER_TABLE} WHERE package = :package'),
+        # Unqualified: the ledger was found in current_schema(), first on the search_path.
+        text(f"SELECT coalesce(max(version), 0) FROM {LEDGER_TABLE} WHERE package = :package"),
         {"package": LEDGER_PACKAGE},
     ).scalar_one()
     if only_with_wake_tables and step == 0:

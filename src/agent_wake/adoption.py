@@ -27,7 +27,7 @@ from sqlalchemy import Connection, text
 
 from agent_wake import _catalog, _older_runner
 from agent_wake.database import validate_schema_name
-from agent_wake.errors import AgentWakeError
+from agent_wake.errors import AgentWakeError, first_line
 from agent_wake.migration_config import alembic_config
 from agent_wake.partition_guard import spans_partitions
 
@@ -42,12 +42,6 @@ __all__ = [
 
 # How long a command waits for the older runner's lock on a schema before it gives up.
 RUNNER_LOCK_TIMEOUT: Final = "30s"
-_DUPLICATE_PERIODS: Final = """
-    SELECT count(*) FROM (
-        SELECT 1 FROM wake_fires WHERE schedule_id IS NOT NULL
-        GROUP BY conversation_id, schedule_id, scheduled_fire_at HAVING count(*) > 1
-    ) AS duplicated
-"""
 
 
 class AdoptionRefusedError(AgentWakeError):
@@ -60,14 +54,16 @@ class AdoptionRefusedError(AgentWakeError):
 
 
 class UpgradeFailedError(AgentWakeError):
-    """A revision failed in ``schema``: it is at ``reached`` (revisions before ``failed`` are
-    applied and committed, ``failed`` is not), and the same command run again resumes there."""
+    """A revision failed in ``schema``: it is at ``reached`` (the revisions before ``failed`` are
+    committed; ``failed`` is not recorded, though one that commits part-way may have committed its
+    first part), and the same command run again resumes there."""
 
     def __init__(self, schema: str, *, reached: tuple[str, ...], failed: str, cause: BaseException) -> None:
         where = ", ".join(reached) or "no revision"
         super().__init__(
-            f"schema {schema}: revision {failed} failed ({type(cause).__name__}: {_first_line(cause)}); "
-            f"the schema is at {where}, nothing of {failed} is applied. "
+            f"schema {schema}: revision {failed} failed ({type(cause).__name__}: {first_line(cause)}); "
+            f"the schema is at {where}. A revision that commits part-way (agent_wake_0003 to agent_wake_0005, "
+            f"agent_wake_0007) may have committed its first part; the rest of {failed} is not applied. "
             "Fix the cause and run the same command again: it resumes at this schema"
         )
         self.schema = schema
@@ -132,7 +128,10 @@ def upgrade_schema(connection: Connection, schema: str, *, dry_run: bool = False
     would create a second set of tables beside the runner's): adopt it
     first. A revision that fails raises :class:`UpgradeFailedError` naming
     where the schema stopped; the revisions before it stay committed.
-    Holds the runner's lock on the schema meanwhile.
+    Holds the runner's lock on the schema meanwhile. In a schema with the
+    runner's ledger, records there the six steps our head includes (rows
+    missing only), so that the runner, started again by an old pod, finds
+    nothing left to do.
     """
     validate_schema_name(schema)
     with _older_runner_lock(connection, schema):
@@ -153,6 +152,8 @@ def upgrade_schema(connection: Connection, schema: str, *, dry_run: bool = False
                 raise UpgradeFailedError(
                     schema, reached=reached, failed=_revisions_after(*reached)[0], cause=exc
                 ) from exc
+        if not dry_run:
+            _record_steps_in_the_runners_ledger(connection, schema)
     return SchemaUpgrade(schema, before, pending, dry_run)
 
 
@@ -173,16 +174,37 @@ def _older_runner_lock(connection: Connection, schema: str) -> Iterator[None]:
         connection.commit()
 
 
+def _record_steps_in_the_runners_ledger(connection: Connection, schema: str) -> None:
+    # Our head includes the runner's six steps: recorded in its ledger, an
+    # old pod that starts the runner again finds them applied instead of
+    # running them a second time on our tables.
+    if not _catalog.relation_exists(connection, schema, _older_runner.LEDGER_TABLE):
+        return
+    connection.execute(
+        text(
+            f"INSERT INTO {_qualified(schema, _older_runner.LEDGER_TABLE)} (version, package, description) "
+            "SELECT version, :package, description FROM unnest(CAST(:versions AS integer[]), "
+            "CAST(:descriptions AS text[])) AS step(version, description) ON CONFLICT (version, package) DO NOTHING"
+        ),
+        {
+            "package": _older_runner.LEDGER_PACKAGE,
+            "versions": list(range(1, len(_older_runner.STEPS) + 1)),
+            "descriptions": list(_older_runner.STEPS),
+        },
+    )
+    connection.commit()
+
+
 def _require_no_tables_of_ours(connection: Connection, schema: str) -> None:
     # Without a version table, an upgrade starts from nothing and would
     # collide with tables someone else built (or, in another schema, add a
     # second empty set): say who built them instead.
-    if _relation_exists(connection, schema, _older_runner.LEDGER_TABLE):
+    if _catalog.relation_exists(connection, schema, _older_runner.LEDGER_TABLE):
         raise AdoptionRefusedError(
             schema, "was built by the older runner and is not adopted: run `agent-wake adopt` on it first"
         )
     for table in (*_older_runner.WAKE_TABLES, "conversations", "agent_skills"):
-        if _relation_exists(connection, schema, table):
+        if _catalog.relation_exists(connection, schema, table):
             raise AdoptionRefusedError(
                 schema,
                 f"has a {table} table but no alembic_version: stamp the revision it is at "
@@ -191,15 +213,15 @@ def _require_no_tables_of_ours(connection: Connection, schema: str) -> None:
 
 
 def _checked_step(connection: Connection, schema: str) -> int:
-    if _relation_exists(connection, schema, "alembic_version"):
+    if _catalog.relation_exists(connection, schema, "alembic_version"):
         raise AdoptionRefusedError(schema, "already has agent-wake's alembic_version: use `agent-wake upgrade`")
-    if not _relation_exists(connection, schema, _older_runner.LEDGER_TABLE):
+    if not _catalog.relation_exists(connection, schema, _older_runner.LEDGER_TABLE):
         raise AdoptionRefusedError(
             schema, f"has no {_older_runner.LEDGER_TABLE} table: it was not built by the older runner"
         )
     step = _ledger_step(schema, _runner_steps(connection, schema))
     for table in ("conversations", "agent_skills"):
-        if not _relation_exists(connection, schema, table):
+        if not _catalog.relation_exists(connection, schema, table):
             raise AdoptionRefusedError(schema, f"has no {table} table, which the wake tables depend on")
     live = _catalog.read_table_shapes(connection, schema, _older_runner.WAKE_TABLES)
     difference = _catalog.first_difference(_older_runner.shape_after_step(step), live)
@@ -210,8 +232,6 @@ def _checked_step(connection: Connection, schema: str) -> int:
 
 
 def _runner_steps(connection: Connection, schema: str) -> list[tuple[int, str | None]]:
-    if not _relation_exists(connection, schema, _older_runner.LEDGER_TABLE):
-        return []
     rows = connection.execute(
         text(
             f"SELECT version, description FROM {_qualified(schema, _older_runner.LEDGER_TABLE)} "
@@ -242,7 +262,7 @@ def _ledger_step(schema: str, recorded: list[tuple[int, str | None]]) -> int:
 
 def _require_rows_later_revisions_accept(connection: Connection, schema: str, step: int) -> None:
     fires = _qualified(schema, "wake_fires")
-    if 2 <= step < 3:
+    if step == 2:
         webhook_fires = connection.execute(
             text(f"SELECT count(*) FROM {fires} WHERE webhook_subscription_id IS NOT NULL")
         ).scalar_one()
@@ -253,7 +273,14 @@ def _require_rows_later_revisions_accept(connection: Connection, schema: str, st
                 "it creates empty: set their webhook_subscription_id to NULL first",
             )
     if step >= 2:
-        duplicated = connection.execute(text(_DUPLICATE_PERIODS.replace("wake_fires", fires, 1))).scalar_one()
+        # As the unique index sees them: NULL periods are never equal to each other.
+        duplicated = connection.execute(
+            text(
+                f"SELECT count(*) FROM (SELECT 1 FROM {fires} "
+                "WHERE schedule_id IS NOT NULL AND scheduled_fire_at IS NOT NULL "
+                "GROUP BY conversation_id, schedule_id, scheduled_fire_at HAVING count(*) > 1) AS duplicated"
+            )
+        ).scalar_one()
         if duplicated:
             raise AdoptionRefusedError(
                 schema,
@@ -262,19 +289,8 @@ def _require_rows_later_revisions_accept(connection: Connection, schema: str, st
             )
 
 
-def _relation_exists(connection: Connection, schema: str, name: str) -> bool:
-    found = connection.execute(
-        text(
-            "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = :schema AND c.relname = :name"
-        ),
-        {"schema": schema, "name": name},
-    ).first()
-    return found is not None
-
-
 def _current_revisions(connection: Connection, schema: str) -> tuple[str, ...]:
-    if not _relation_exists(connection, schema, "alembic_version"):
+    if not _catalog.relation_exists(connection, schema, "alembic_version"):
         return ()
     context = MigrationContext.configure(connection, opts={"version_table_schema": schema})
     return tuple(sorted(context.get_current_heads()))
@@ -283,14 +299,12 @@ def _current_revisions(connection: Connection, schema: str) -> tuple[str, ...]:
 def _revisions_after(*current: str) -> tuple[str, ...]:
     """Our revisions from ``current`` (exclusive) to head, in the order they run."""
     script = ScriptDirectory.from_config(alembic_config())
-    return tuple(revision.revision for revision in reversed(list(script.iterate_revisions("heads", current or "base"))))
+    return tuple(
+        revision.revision
+        for revision in reversed(list(script.iterate_revisions("heads", current or "base", implicit_base=True)))
+    )
 
 
 def _qualified(schema: str, table: str) -> str:
     # Both are checked identifiers (validate_schema_name, our own constants).
     return f'"{schema}"."{table}"'
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else ""

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import fnmatch
 import os
-import re
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import timedelta
@@ -33,10 +32,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from agent_wake import maintenance
 from agent_wake._progress import ProgressBar
 from agent_wake.adoption import AdoptionRefusedError, UpgradeFailedError, adopt_schema, upgrade_schema
-from agent_wake.database import create_engine_and_session_factory, resolve_database_url
+from agent_wake.database import create_engine_and_session_factory, resolve_database_url, validate_schema_name
 from agent_wake.distribution import DistributionRefusedError, distribute_schema
 from agent_wake.doctor import examine_schema
-from agent_wake.errors import AgentWakeError, InvalidInputError, SecretDecryptionError
+from agent_wake.errors import AgentWakeError, InvalidInputError, SecretDecryptionError, first_line
+from agent_wake.schedule_configs import delay_seconds
 from agent_wake.secret_box import SecretBox
 
 __all__ = ["EXIT_DATABASE", "EXIT_FOUND", "EXIT_OK", "EXIT_USAGE", "main"]
@@ -46,9 +46,6 @@ EXIT_FOUND: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_DATABASE: Final = 3
 KEYS_VARIABLE: Final = "AGENT_WAKE_SECRET_KEYS"
-_DURATION = re.compile(r"([1-9][0-9]{0,6})([smhd])")
-_PLAIN_SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-_SECONDS_PER_UNIT: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
@@ -63,10 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(str(exc))
         return EXIT_USAGE
     except (OperationalError, OSError) as exc:
-        _error(f"the database cannot be reached: {_first_line(exc)}")
+        _error(f"the database cannot be reached: {first_line(exc)}")
         return EXIT_DATABASE
     except (DBAPIError, AgentWakeError) as exc:
-        _error(_first_line(exc))
+        _error(first_line(exc))
         return EXIT_DATABASE
 
 
@@ -127,10 +124,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _duration(value: str) -> timedelta:
-    match = _DURATION.fullmatch(value)
-    if match is None:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a duration such as 30d, 12h, 90m or 45s")
-    return timedelta(seconds=int(match[1]) * _SECONDS_PER_UNIT[match[2]])
+    # The same syntax as a relative_delay's delay, read by the same parser.
+    try:
+        seconds = delay_seconds(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a duration such as 30d, 12h, 90m or 45s") from None
+    return timedelta(seconds=seconds)
 
 
 async def _adopt(args: argparse.Namespace) -> int:
@@ -140,6 +139,9 @@ async def _adopt(args: argparse.Namespace) -> int:
                 adoption = await connection.run_sync(adopt_schema, schema, dry_run=args.dry_run)
             except AdoptionRefusedError as exc:
                 _say(f"{schema}: refused: {exc.reason}")
+                return False
+            except (DBAPIError, AgentWakeError) as exc:
+                _say(f"{schema}: failed: {first_line(exc)}")
                 return False
         verb = "stamped" if adoption.stamped else "would stamp"
         upcoming = ", ".join(adoption.pending) or "nothing"
@@ -157,8 +159,11 @@ async def _upgrade(args: argparse.Namespace) -> int:
         async with engine.connect() as connection:
             try:
                 upgrade = await connection.run_sync(upgrade_schema, schema, dry_run=args.dry_run)
-            except (AdoptionRefusedError, UpgradeFailedError) as exc:
-                _say(f"{schema}: {'refused' if isinstance(exc, AdoptionRefusedError) else 'failed'}: {exc}")
+            except AdoptionRefusedError as exc:
+                _say(f"{schema}: refused: {exc}")
+                return False
+            except (DBAPIError, AgentWakeError) as exc:
+                _say(f"{schema}: failed: {exc if isinstance(exc, UpgradeFailedError) else first_line(exc)}")
                 return False
         if not upgrade.applied:
             _say(f"{schema}: at head ({', '.join(upgrade.before)})")
@@ -177,6 +182,9 @@ async def _distribute(args: argparse.Namespace) -> int:
                 done = await connection.run_sync(distribute_schema, schema, dry_run=args.dry_run)
             except DistributionRefusedError as exc:
                 _say(f"{schema}: refused: {exc.reason}")
+                return False
+            except (DBAPIError, AgentWakeError) as exc:
+                _say(f"{schema}: failed: {first_line(exc)}")
                 return False
         steps = [step for step, due in (("re-key", done.rekeyed), ("distribute on Citus", done.distributed)) if due]
         if not steps:
@@ -323,7 +331,6 @@ async def _schemas_with_wake_tables(engine: AsyncEngine, schemas: list[str]) -> 
 async def _matching_schemas(engine: AsyncEngine, pattern: str) -> list[str]:
     async with engine.connect() as connection:
         names = (await connection.execute(text("SELECT nspname FROM pg_namespace ORDER BY nspname"))).scalars()
-        # Only plain identifiers: the jobs put the name in SQL and in search_path.
         schemas = [name for name in names if fnmatch.fnmatchcase(name, pattern) and _is_users_schema(name)]
     if not schemas:
         raise InvalidInputError("--schemas", f"no schema matches {pattern!r}")
@@ -333,7 +340,11 @@ async def _matching_schemas(engine: AsyncEngine, pattern: str) -> list[str]:
 def _is_users_schema(name: str) -> bool:
     # Only plain identifiers, as the jobs put the name in SQL and in
     # search_path; never PostgreSQL's own schemas, whatever the pattern.
-    return bool(_PLAIN_SCHEMA.fullmatch(name)) and not name.startswith("pg_") and name != "information_schema"
+    try:
+        validate_schema_name(name)
+    except InvalidInputError:
+        return False
+    return not name.startswith("pg_") and name != "information_schema"
 
 
 def _say(line: str) -> None:
@@ -342,8 +353,3 @@ def _say(line: str) -> None:
 
 def _error(message: str) -> None:
     print(f"agent-wake: {message}", file=sys.stderr, flush=True)
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__

@@ -46,8 +46,16 @@ __all__ = [
     "SerializationError",
     "StatusConflictError",
     "TransactionAbortedError",
+    "first_line",
     "translate_database_errors",
 ]
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (a driver's message goes on with DETAIL and HINT lines),
+    or its class name when it has none."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 class AgentWakeError(Exception):
