@@ -153,6 +153,17 @@ async def test_rekeying_twice_changes_nothing_the_second_time(scratch_databases:
     assert await on_connection(url, constraint_definitions) == definitions
 
 
+async def test_doctor_finds_nothing_wrong_with_the_rekeyed_layout(scratch_databases: ScratchDatabases) -> None:
+    url = await scratch_databases.create()
+    await migrated_and_seeded(url)
+    await on_connection(url, distribute_schema, "public")
+
+    examined = agent_wake("doctor", url=url)
+
+    assert examined.returncode == 0, examined.stdout
+    assert "ok: the tables have the distributed layout (agent-wake distribute)" in examined.stdout
+
+
 async def test_a_dry_run_says_what_it_would_do_and_changes_nothing(scratch_databases: ScratchDatabases) -> None:
     url = await scratch_databases.create()
     await migrated_and_seeded(url)

@@ -35,7 +35,7 @@ from agent_wake.database import validate_schema_name
 from agent_wake.errors import AgentWakeError
 from agent_wake.partition_guard import spans_partitions
 
-__all__ = ["Distribution", "DistributionRefusedError", "distribute_schema", "is_rekeyed"]
+__all__ = ["REKEYED_NAMES", "Distribution", "DistributionRefusedError", "distribute_schema", "is_rekeyed"]
 
 LOCK_TIMEOUT: Final = "5s"
 
@@ -68,6 +68,13 @@ _STANDALONE_UNIQUES: Final = (
 _SKILL_FOREIGN_KEYS: Final = (
     ("agent_wake_schedules", "agent_wake_schedules_skill_fk", "skill_id"),
     ("webhook_subscriptions", "webhook_subscriptions_default_skill_fk", "default_skill_id"),
+)
+# The constraints and index whose definitions the re-keyed layout changes
+# (the models declare the reference layout's).
+REKEYED_NAMES: Final = frozenset(
+    {name for _, name, _ in _REKEYED_FOREIGN_KEYS}
+    | {name for _, name in _STANDALONE_UNIQUES}
+    | {"idx_webhook_subs_subscription"}
 )
 # A reference to a row of another conversation cannot survive the re-keying.
 _CROSS_CONVERSATION_REFERENCES: Final = (

@@ -2,7 +2,9 @@
 anything: ``agent-wake doctor`` runs :func:`examine_schema` on each schema.
 
 The checks: the schema is at our head revision; the live tables equal the
-models (Alembic's own comparison, server defaults included); no index of
+models (Alembic's own comparison, server defaults included; for the
+distributed layout of :mod:`agent_wake.distribution`, the constraints it
+changes by design are left out); no index of
 ours is left INVALID by a failed concurrent build; the partition guard
 refuses an unscoped statement on an engine built as a service builds it;
 no ``dispatching`` fire is older than ``stale_after``; no row belongs to a
@@ -21,7 +23,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, func, pool, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from agent_wake import _older_runner, maintenance
+from agent_wake import _older_runner, distribution, maintenance
 from agent_wake.database import create_engine_and_session_factory
 from agent_wake.errors import InvalidInputError, PartitionScopeError
 from agent_wake.migration_config import alembic_config
@@ -106,6 +108,9 @@ def _check_models(connection: Connection, schema: str, report: SchemaReport) -> 
             connection, opts={"compare_server_default": True, "include_name": _only_wake_tables}
         )
         differences = compare_metadata(context, Base.metadata)
+        if distribution.is_rekeyed(connection, schema):
+            differences = [each for each in differences if _object_name(each) not in distribution.REKEYED_NAMES]
+            report.notes.append("the tables have the distributed layout (agent-wake distribute)")
     finally:
         connection.dialect.default_schema_name = saved
     if differences:
@@ -119,6 +124,13 @@ def _check_models(connection: Connection, schema: str, report: SchemaReport) -> 
 
 def _only_wake_tables(name: str | None, type_: str, parent_names: Any) -> bool:
     return type_ != "table" or name in _older_runner.WAKE_TABLES
+
+
+def _object_name(difference: Any) -> str | None:
+    # A constraint, foreign key or index difference is (kind, object, ...); a column one is a list.
+    if isinstance(difference, list):
+        return None
+    return getattr(difference[1], "name", None)
 
 
 def _shown_difference(difference: Any) -> str:
