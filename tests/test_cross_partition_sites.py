@@ -43,6 +43,10 @@ DOCUMENTED_CROSS_PARTITION_SITES = {
     "subscriptions.secrets_after",
     "_empty_tables",
     "span_of",
+    # Operators' commands on a whole schema: adoption's checks of the rows a
+    # later revision needs, and the distributed layout's checks and re-keying.
+    "adopt_schema",
+    "distribute_schema",
 }
 SPAN_NAMES = {"spans_partitions", "PartitionSpan"}
 
