@@ -36,6 +36,7 @@ DOCUMENTED_CROSS_PARTITION_SITES = {
     "schedules.count_orphans",
     "subscriptions.count_orphans",
     "fires.delete_orphans",
+    "schedules.unlink_orphans",
     "schedules.delete_orphans",
     "subscriptions.delete_orphans",
     "subscriptions.count",

@@ -183,7 +183,7 @@ async def test_a_lost_connection_is_retryable_even_on_a_read(wake_engine: AsyncE
     async with async_sessionmaker(wake_engine)() as session:
         backend = (await session.execute(text("SELECT pg_backend_pid()"))).scalar_one()
         async with wake_engine.connect() as killer:
-            await killer.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+            await killer.execute(text("SELECT pg_terminate_backend(CAST(:pid AS integer))"), {"pid": backend})
         with pytest.raises(ConnectionLostError) as lost:
             await WakeScheduleRepository(session).get(conversation_id, schedule_id)
         assert isinstance(lost.value, RetryableError)

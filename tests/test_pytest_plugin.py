@@ -91,6 +91,40 @@ def test_a_suite_that_asks_for_no_wake_fixture_starts_nothing(pytester: pytest.P
     assert "agent-wake test database" not in result.stdout.str()
 
 
+LAYOUT_CHECK = """
+    from sqlalchemy import text
+
+    from agent_wake.distribution import is_rekeyed
+
+
+    async def test_the_wake_tables_are_rekeyed(wake_session):
+        schema = (await wake_session.execute(text("SELECT current_schema()"))).scalar_one()
+        assert await (await wake_session.connection()).run_sync(is_rekeyed, schema)
+"""
+
+
+def test_the_distributed_layout_gives_a_rekeyed_database_and_says_so(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AGENT_WAKE_TEST_LAYOUT", "distributed")
+    pytester.makeini("[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(test_layout=textwrap.dedent(LAYOUT_CHECK))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["agent-wake test database: * (distributed layout)"])
+
+
+def test_an_unknown_layout_stops_the_tests_naming_the_variable(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AGENT_WAKE_TEST_LAYOUT", "sharded")
+    pytester.makeini("[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(test_layout=textwrap.dedent(LAYOUT_CHECK))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*AGENT_WAKE_TEST_LAYOUT: must be one of reference, distributed*"])
+
+
 HOST_TEST = """
 import pytest
 from sqlalchemy import text

@@ -426,7 +426,7 @@ async def test_a_lost_connection_on_a_write_leaves_the_row_and_a_usable_session_
     assert held is not None
     backend = (await mine.execute(text("SELECT pg_backend_pid()"))).scalar_one()
     async with sessions() as killer:
-        await killer.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+        await killer.execute(text("SELECT pg_terminate_backend(CAST(:pid AS integer))"), {"pid": backend})
 
     with pytest.raises(ConnectionLostError):
         await WakeScheduleRepository(mine).pause(made.conversation_id, made.schedule_id)

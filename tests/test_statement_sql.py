@@ -44,8 +44,12 @@ PINNED: dict[str, str] = {
         "$2::INTEGER"
     ),
     "schedules.delete": (
-        "DELETE FROM agent_wake_schedules WHERE agent_wake_schedules.conversation_id = $1::UUID AND "
-        "agent_wake_schedules.schedule_id = $2::UUID"
+        "WITH unlinked AS \n(UPDATE agent_wake_schedules SET context_from_schedule_id=NULL, "
+        "date_updated=agent_wake_schedules.date_updated WHERE agent_wake_schedules.conversation_id = "
+        "$1::UUID AND agent_wake_schedules.context_from_schedule_id = $2::UUID AND "
+        "agent_wake_schedules.schedule_id != $2::UUID)\n DELETE FROM agent_wake_schedules WHERE "
+        "agent_wake_schedules.conversation_id = $1::UUID AND agent_wake_schedules.schedule_id = "
+        "$2::UUID"
     ),
     "fires.get": ("wake_fires \nWHERE wake_fires.conversation_id = $1::UUID AND wake_fires.fire_id = $2::UUID"),
     "fires.list_for_conversation": (
@@ -65,8 +69,10 @@ PINNED: dict[str, str] = {
         "$2::INTEGER"
     ),
     "subscriptions.delete": (
-        "DELETE FROM webhook_subscriptions WHERE webhook_subscriptions.conversation_id = $1::UUID AND "
-        "webhook_subscriptions.subscription_id = $2::UUID"
+        "WITH unlinked AS \n(UPDATE wake_fires SET webhook_subscription_id=NULL WHERE "
+        "wake_fires.conversation_id = $1::UUID AND wake_fires.webhook_subscription_id = $2::UUID)\n "
+        "DELETE FROM webhook_subscriptions WHERE webhook_subscriptions.conversation_id = $1::UUID "
+        "AND webhook_subscriptions.subscription_id = $2::UUID"
     ),
     "schedules.list_active_for_conversation": (
         "agent_wake_schedules \nWHERE agent_wake_schedules.conversation_id = $1::UUID AND "
@@ -216,7 +222,9 @@ PINNED: dict[str, str] = {
         "$1::TIMESTAMP WITH TIME ZONE ORDER BY wake_fires.actual_fired_at, wake_fires.fire_id \n LIMIT "
         "$2::INTEGER"
     ),
-    "subscriptions.find_by_id": ("webhook_subscriptions \nWHERE webhook_subscriptions.subscription_id = $1::UUID"),
+    "subscriptions.find_by_id": (
+        "webhook_subscriptions \nWHERE webhook_subscriptions.subscription_id = $1::UUID \n LIMIT $2::INTEGER"
+    ),
     "subscriptions.secret_ciphertext": (
         "webhook_subscriptions \nWHERE webhook_subscriptions.conversation_id = $1::UUID AND "
         "webhook_subscriptions.subscription_id = $2::UUID"
@@ -229,23 +237,27 @@ PINNED: dict[str, str] = {
         "DELETE FROM webhook_subscriptions WHERE webhook_subscriptions.conversation_id = $1::UUID"
     ),
     "fires.count_prunable": (
-        "wake_fires \nWHERE wake_fires.actual_fired_at < now() - $1::INTERVAL AND wake_fires.status !="
-        " 'dispatching' AND (wake_fires.schedule_id IS NULL OR (wake_fires.status NOT IN ('fired', "
+        "wake_fires \nWHERE wake_fires.actual_fired_at < now() - $1::INTERVAL AND wake_fires.status "
+        "!= 'dispatching' AND (wake_fires.schedule_id IS NULL OR (wake_fires.status NOT IN ('fired', "
         "'fired_silent')) OR (EXISTS (SELECT * \nFROM wake_fires AS later_output \nWHERE "
+        "later_output.conversation_id IS NOT DISTINCT FROM wake_fires.conversation_id AND "
         "later_output.schedule_id = wake_fires.schedule_id AND later_output.status IN ('fired', "
         "'fired_silent') AND (later_output.actual_fired_at, later_output.fire_id) > "
         "(wake_fires.actual_fired_at, wake_fires.fire_id))))"
     ),
     "fires.prune": (
-        "DELETE FROM wake_fires WHERE wake_fires.fire_id = ANY (array((SELECT candidate.fire_id \nFROM"
-        " wake_fires AS candidate \nWHERE candidate.conversation_id >= $1::UUID AND "
-        "candidate.actual_fired_at < $2::TIMESTAMP WITH TIME ZONE AND candidate.status != "
-        "'dispatching' AND (candidate.schedule_id IS NULL OR (candidate.status NOT IN ('fired', "
-        "'fired_silent')) OR (EXISTS (SELECT * \nFROM wake_fires AS later_output \nWHERE "
-        "later_output.schedule_id = candidate.schedule_id AND later_output.status IN ('fired', "
-        "'fired_silent') AND (later_output.actual_fired_at, later_output.fire_id) > "
-        "(candidate.actual_fired_at, candidate.fire_id)))) ORDER BY candidate.conversation_id, "
-        "candidate.actual_fired_at DESC \n LIMIT $3::INTEGER FOR UPDATE SKIP LOCKED)))"
+        "DELETE FROM wake_fires USING unnest(array((SELECT (candidate.conversation_id, "
+        "candidate.fire_id) AS locked_key \nFROM wake_fires AS candidate \nWHERE "
+        "candidate.conversation_id >= $1::UUID AND candidate.actual_fired_at < $2::TIMESTAMP WITH "
+        "TIME ZONE AND candidate.status != 'dispatching' AND (candidate.schedule_id IS NULL OR "
+        "(candidate.status NOT IN ('fired', 'fired_silent')) OR (EXISTS (SELECT * \nFROM wake_fires "
+        "AS later_output \nWHERE later_output.conversation_id IS NOT DISTINCT FROM "
+        "candidate.conversation_id AND later_output.schedule_id = candidate.schedule_id AND "
+        "later_output.status IN ('fired', 'fired_silent') AND (later_output.actual_fired_at, "
+        "later_output.fire_id) > (candidate.actual_fired_at, candidate.fire_id)))) ORDER BY "
+        "candidate.conversation_id, candidate.actual_fired_at DESC \n LIMIT $3::INTEGER FOR UPDATE "
+        "SKIP LOCKED))) AS chosen(conversation_id UUID, fire_id UUID) WHERE "
+        "wake_fires.conversation_id = chosen.conversation_id AND wake_fires.fire_id = chosen.fire_id"
     ),
     "fires.count_orphans": (
         "wake_fires \nWHERE NOT (EXISTS (SELECT * \nFROM conversations \nWHERE "
@@ -260,29 +272,50 @@ PINNED: dict[str, str] = {
         "conversations.conversation_id = webhook_subscriptions.conversation_id))"
     ),
     "fires.delete_orphans": (
-        "DELETE FROM wake_fires WHERE wake_fires.fire_id = ANY (array((SELECT candidate.fire_id \nFROM"
-        " wake_fires AS candidate \nWHERE candidate.conversation_id >= $1::UUID AND NOT (EXISTS "
-        "(SELECT * \nFROM conversations \nWHERE conversations.conversation_id = "
-        "candidate.conversation_id)) ORDER BY candidate.conversation_id, candidate.fire_id \n LIMIT "
-        "$2::INTEGER FOR UPDATE SKIP LOCKED)))"
+        "DELETE FROM wake_fires USING unnest(array((SELECT (candidate.conversation_id, "
+        "candidate.fire_id) AS locked_key \nFROM wake_fires AS candidate \nWHERE "
+        "candidate.conversation_id >= $1::UUID AND NOT (EXISTS (SELECT * \nFROM conversations \nWHERE "
+        "conversations.conversation_id = candidate.conversation_id)) ORDER BY "
+        "candidate.conversation_id, candidate.fire_id \n LIMIT $2::INTEGER FOR UPDATE SKIP LOCKED))) "
+        "AS chosen(conversation_id UUID, fire_id UUID) WHERE wake_fires.conversation_id = "
+        "chosen.conversation_id AND wake_fires.fire_id = chosen.fire_id"
+    ),
+    "schedules.unlink_orphans": (
+        "UPDATE agent_wake_schedules SET context_from_schedule_id=NULL, date_updated=now() FROM "
+        "unnest(array((SELECT (candidate.conversation_id, candidate.schedule_id) AS locked_key \nFROM "
+        "agent_wake_schedules AS candidate \nWHERE candidate.conversation_id >= $1::UUID AND NOT "
+        "(EXISTS (SELECT * \nFROM conversations \nWHERE conversations.conversation_id = "
+        "candidate.conversation_id)) AND candidate.context_from_schedule_id IS NOT NULL ORDER BY "
+        "candidate.conversation_id, candidate.schedule_id \n LIMIT $2::INTEGER FOR UPDATE SKIP "
+        "LOCKED))) AS chosen(conversation_id UUID, schedule_id UUID) WHERE "
+        "agent_wake_schedules.conversation_id = chosen.conversation_id AND "
+        "agent_wake_schedules.schedule_id = chosen.schedule_id"
     ),
     "schedules.delete_orphans": (
-        "DELETE FROM agent_wake_schedules WHERE agent_wake_schedules.schedule_id = ANY (array((SELECT"
-        " candidate.schedule_id \nFROM agent_wake_schedules AS candidate \nWHERE "
+        "DELETE FROM agent_wake_schedules USING unnest(array((SELECT (candidate.conversation_id, "
+        "candidate.schedule_id) AS locked_key \nFROM agent_wake_schedules AS candidate \nWHERE "
         "candidate.conversation_id >= $1::UUID AND NOT (EXISTS (SELECT * \nFROM conversations \nWHERE "
         "conversations.conversation_id = candidate.conversation_id)) AND NOT (EXISTS (SELECT * \nFROM "
-        "wake_fires \nWHERE wake_fires.schedule_id = candidate.schedule_id)) ORDER BY "
+        "wake_fires \nWHERE wake_fires.conversation_id = candidate.conversation_id AND "
+        "wake_fires.schedule_id = candidate.schedule_id)) AND NOT (EXISTS (SELECT * \nFROM "
+        "agent_wake_schedules AS reader \nWHERE reader.conversation_id = candidate.conversation_id "
+        "AND reader.context_from_schedule_id = candidate.schedule_id)) ORDER BY "
         "candidate.conversation_id, candidate.schedule_id \n LIMIT $2::INTEGER FOR UPDATE SKIP "
-        "LOCKED)))"
+        "LOCKED))) AS chosen(conversation_id UUID, schedule_id UUID) WHERE "
+        "agent_wake_schedules.conversation_id = chosen.conversation_id AND "
+        "agent_wake_schedules.schedule_id = chosen.schedule_id"
     ),
     "subscriptions.delete_orphans": (
-        "DELETE FROM webhook_subscriptions WHERE webhook_subscriptions.subscription_id = ANY "
-        "(array((SELECT candidate.subscription_id \nFROM webhook_subscriptions AS candidate \nWHERE "
+        "DELETE FROM webhook_subscriptions USING unnest(array((SELECT (candidate.conversation_id, "
+        "candidate.subscription_id) AS locked_key \nFROM webhook_subscriptions AS candidate \nWHERE "
         "candidate.conversation_id >= $1::UUID AND NOT (EXISTS (SELECT * \nFROM conversations \nWHERE "
         "conversations.conversation_id = candidate.conversation_id)) AND NOT (EXISTS (SELECT * \nFROM "
-        "wake_fires \nWHERE wake_fires.webhook_subscription_id = candidate.subscription_id)) ORDER BY "
+        "wake_fires \nWHERE wake_fires.conversation_id = candidate.conversation_id AND "
+        "wake_fires.webhook_subscription_id = candidate.subscription_id)) ORDER BY "
         "candidate.conversation_id, candidate.subscription_id \n LIMIT $2::INTEGER FOR UPDATE SKIP "
-        "LOCKED)))"
+        "LOCKED))) AS chosen(conversation_id UUID, subscription_id UUID) WHERE "
+        "webhook_subscriptions.conversation_id = chosen.conversation_id AND "
+        "webhook_subscriptions.subscription_id = chosen.subscription_id"
     ),
     "subscriptions.count": ("webhook_subscriptions"),
     "subscriptions.first_secrets": (
@@ -350,6 +383,7 @@ def test_only_counts_deletes_single_column_reads_the_tick_and_maintenance_return
         "schedules.delete_orphans",
         "schedules.purge_conversation",
         "schedules.source_exists",
+        "schedules.unlink_orphans",
         # The maintenance jobs' batches and pages work in sessions of their own: no held objects to load.
         "subscriptions.count",
         "subscriptions.count_orphans",

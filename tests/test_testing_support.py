@@ -105,6 +105,12 @@ def test_a_prefix_too_long_for_a_postgresql_name_is_refused(wake_server: TestSer
     assert caught.value.rule.endswith("over 63 characters")
 
 
+def test_a_layout_that_is_not_known_is_refused(wake_server: TestServer) -> None:
+    with pytest.raises(InvalidInputError) as caught:
+        ScratchDatabase(wake_server.url, layout="sharded")
+    assert (caught.value.field, caught.value.rule) == ("layout", "must be one of reference, distributed")
+
+
 async def creator_of(server_url: str, name: str) -> dict[str, Any]:
     comments = await fetch_column(
         server_url, f"SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = '{name}'"

@@ -18,6 +18,7 @@ from agent_wake.enums import (
 )
 from agent_wake.errors import (
     AgentWakeError,
+    AmbiguousIdError,
     ConflictError,
     ConnectionLostError,
     ConstraintViolationError,
@@ -71,6 +72,7 @@ __all__ = [
     "WAKE_VERSIONS",
     "AgentSkill",
     "AgentWakeError",
+    "AmbiguousIdError",
     "Base",
     "ClaimedFire",
     "ConflictError",

@@ -6,8 +6,9 @@ and the one rule for what a session holds.
 holds it, and an object of that row that the session already holds is
 overwritten with it (``populate_existing``). A write that matches no row
 changes no held object. A delete removes the deleted row's held object from
-the session and applies the database's ``ON DELETE`` actions to the held
-objects that refer to it, without a round trip. Every database failure
+the session and applies the reference layout's ``ON DELETE`` actions (which
+the repositories' own statements reproduce on the re-keyed layout) to the
+held objects that refer to it, without a round trip. Every database failure
 leaves as an :class:`~agent_wake.errors.AgentWakeError`.
 
 Reads flush the session's pending changes first (SQLAlchemy's autoflush),
@@ -74,14 +75,23 @@ class PartitionedRepository(Generic[_Model]):
         return await self._all(self._prebuilt("list_for_conversation"), parameters)
 
     async def delete(self, conversation_id: uuid.UUID, entity_id: uuid.UUID, /) -> None:
-        """Delete the row; refuses one this conversation does not have. One DELETE."""
-        parameters = self._key_parameters(conversation_id, entity_id)
-        deleted = await self._scalar(self._prebuilt("delete"), parameters)
+        """Delete the row; refuses one this conversation does not have.
+
+        One statement, one round trip: for a schedule or a webhook subscription
+        it first clears, in the same conversation, the references the
+        reference layout's ``ON DELETE SET NULL`` would clear (schedules taking
+        context from it, fires it was the source of), so that it works on the
+        re-keyed layout too, whose keys are ``NO ACTION``
+        (:mod:`agent_wake.distribution`). The rows it clears stay locked until
+        the transaction ends; a referring row another transaction writes
+        meanwhile makes it fail on the re-keyed layout
+        (:class:`~agent_wake.errors.ConstraintViolationError`).
+        """
+        key = self._key_parameters(conversation_id, entity_id)
+        deleted = await self._scalar(self._prebuilt("delete"), {f"target_{name}": value for name, value in key.items()})
         if deleted is None:
-            raise self._not_found(parameters)
-        forget_deleted(
-            self._session, self.model, self.id_column, parameters[PARTITION_COLUMN], {parameters[self.id_column]}
-        )
+            raise self._not_found(key)
+        forget_deleted(self._session, self.model, self.id_column, key[PARTITION_COLUMN], {key[self.id_column]})
 
     def _prebuilt(self, name: str) -> Executable:
         return _statements.PREBUILT[f"{self.statement_prefix}.{name}"]
@@ -212,11 +222,15 @@ def forget_deleted(
     """Apply a delete of the rows (``conversation_id``, each of ``ids``) of ``model`` to the
     session's held objects, as the database applied it to the rows.
 
-    The deleted rows' objects leave the session; objects whose foreign key
-    names one of them leave too (ON DELETE CASCADE) or get NULL there (SET
-    NULL). An expired object of a referring table in the same conversation
-    cannot be checked without I/O; it leaves the session (it holds no
-    change: the next read loads it again). No I/O.
+    The deleted rows' objects leave the session; objects of the same
+    conversation whose foreign key names one of them leave too (ON DELETE
+    CASCADE) or get NULL there (SET NULL, or the repositories' clearing of
+    those references on the re-keyed layout, which leaves every other column
+    as it was). Objects of other conversations are left alone: on the
+    re-keyed layout another conversation may hold the same id, and the
+    references never cross conversations. An expired object of a referring
+    table in the same conversation cannot be checked without I/O; it leaves
+    the session (it holds no change: the next read loads it again). No I/O.
     """
     if not ids:
         return
@@ -227,15 +241,15 @@ def forget_deleted(
             session.expunge(deleted)
     for held in list(session.identity_map.values()):
         state = attributes.instance_state(held)
+        if state.identity is None or state.identity[0] != conversation_id:
+            continue
         for foreign_key in state.mapper.local_table.foreign_keys:
             if foreign_key.column.table is not deleted_table or foreign_key.column.name != id_column:
                 continue
             column = foreign_key.parent.key
             if column not in state.dict:
-                if state.identity is not None and state.identity[0] == conversation_id:
-                    session.expunge(held)
-                    break
-                continue
+                session.expunge(held)
+                break
             if state.dict[column] not in ids:
                 continue
             if foreign_key.ondelete == "CASCADE":

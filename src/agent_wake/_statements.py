@@ -27,7 +27,7 @@ among them, are still shown each one.
 """
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import cache
@@ -46,6 +46,7 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
+    column,
     delete,
     exists,
     func,
@@ -126,9 +127,24 @@ def _key_of(model: type[Base], id_column: str, *, parameter_prefix: str = "") ->
     )
 
 
-def _keyed(prefix: str, model: type[Base], id_column: str, newest_first: tuple[str, ...]) -> dict[str, Executable]:
-    """get, list_for_conversation and delete of one row kind, by (conversation_id, id)."""
+def _keyed(
+    prefix: str,
+    model: type[Base],
+    id_column: str,
+    newest_first: tuple[str, ...],
+    *,
+    unlinking: Update | None = None,
+) -> dict[str, Executable]:
+    """get, list_for_conversation and delete of one row kind, by (conversation_id, id).
+
+    ``unlinking`` (an UPDATE of the rows that name the deleted one, see
+    :func:`_unlinking`) runs in the DELETE's own statement, as a CTE. Every
+    DELETE's key parameters are therefore named ``target_<column>``, as an
+    UPDATE's are: SQLAlchemy would send a parameter named like a column of
+    the updated table as a value to SET.
+    """
     table = table_of(model)
+    deleting = delete(table).where(_key_of(model, id_column, parameter_prefix="target_")).returning(table.c[id_column])
     return {
         f"{prefix}.get": as_stored(select(model).where(_key_of(model, id_column))),
         f"{prefix}.list_for_conversation": as_stored(
@@ -137,8 +153,32 @@ def _keyed(prefix: str, model: type[Base], id_column: str, newest_first: tuple[s
             .order_by(*(table.c[column].desc() for column in newest_first))
             .limit(bindparam("limit", type_=Integer))
         ),
-        f"{prefix}.delete": delete(table).where(_key_of(model, id_column)).returning(table.c[id_column]),
+        f"{prefix}.delete": deleting if unlinking is None else deleting.add_cte(unlinking.cte("unlinked")),
     }
+
+
+def _unlinking(referring: Table, column: str, id_parameter: str, *, keep: Mapping[str, Any]) -> Update:
+    """``UPDATE referring SET column = NULL`` in the rows of the conversation
+    (``target_conversation_id``) that name the row ``id_parameter`` is deleting:
+    what ``ON DELETE SET NULL`` does on the reference layout, done by the
+    statement itself, because on the re-keyed one
+    (:mod:`agent_wake.distribution`) that key is ``NO ACTION``.
+
+    In the DELETE's own statement it is correct on both layouts: PostgreSQL
+    checks a ``NO ACTION`` key at the end of the statement, after the CTE has
+    cleared the references (and the reference layout's SET NULL then finds
+    none); Citus runs it on the conversation's shard. ``keep`` sets columns to
+    themselves, so that a row changes only as SET NULL would change it
+    (``date_updated`` stays).
+    """
+    return (
+        update(referring)
+        .where(
+            referring.c[PARTITION_COLUMN] == bindparam(f"target_{PARTITION_COLUMN}", type_=_UUID),
+            referring.c[column] == bindparam(id_parameter, type_=_UUID),
+        )
+        .values({column: null(), **keep})
+    )
 
 
 def _creating(model: type[_Model], columns: tuple[str, ...]) -> TypedReturnsRows[_Model]:
@@ -304,10 +344,16 @@ def _prunable(fires: FromClause, cutoff: ColumnElement[Any]) -> ColumnElement[bo
     ``dispatching``, and not their schedule's latest fire with output (latest by
     ``actual_fired_at``, then ``fire_id``), which a context-from reader needs.
 
-    The later output is looked up through ``idx_wake_fires_schedule_time``.
+    The later output is looked up through ``idx_wake_fires_schedule_time``, from the fire's
+    instant on, in the fire's own conversation (on the re-keyed layout a schedule id is unique
+    per conversation only). That conversation is compared with ``IS NOT DISTINCT FROM`` (the same
+    on these NOT NULL columns), which no index serves: as ``=`` it would make
+    ``idx_wake_fires_schedule_period`` (conversation, schedule, period) look the better index,
+    and that one reads the schedule's fires from its first period on, for every candidate.
     """
     later = _FIRES.alias("later_output")
     later_output = exists().where(
+        later.c.conversation_id.is_not_distinct_from(fires.c.conversation_id),
         later.c.schedule_id == fires.c.schedule_id,
         later.c.status.in_(_OUTPUT_STATUSES),
         tuple_(later.c.actual_fired_at, later.c.fire_id) > tuple_(fires.c.actual_fired_at, fires.c.fire_id),
@@ -319,34 +365,55 @@ def _prunable(fires: FromClause, cutoff: ColumnElement[Any]) -> ColumnElement[bo
     )
 
 
-def _deleting_locked(table: Table, id_column: str, candidates: Select[Any]) -> Executable:
-    """``DELETE`` of the first ``batch_size`` rows ``candidates`` selects (their ``id_column``,
-    unique on its own, in index order) that no other transaction holds: ``FOR UPDATE SKIP
-    LOCKED`` skips a held row, never waits for it. Returns each deleted row's conversation_id.
+def _locked_batch(
+    id_column: str, candidate: FromClause, criteria: Sequence[ColumnElement[bool]], order: Sequence[ColumnElement[Any]]
+) -> FromClause:
+    """The first ``batch_size`` rows of ``candidate`` (an alias of the table) that meet ``criteria``,
+    in ``order``, that no other transaction holds (``FOR UPDATE SKIP LOCKED`` skips a held row,
+    never waits for it), as rows ``chosen(conversation_id, <id_column>)`` to join the table on.
 
-    ``candidates`` starts at ``after_conversation_id`` and walks an index that leads with
-    conversation_id, so each batch starts where the last one stopped: a run reads each row
-    about once whatever the batch size, and only the rows the last batch's conversation keeps
-    (or skipped) are read again. The ids go to the DELETE as one array (``= ANY (array((SELECT
-    ...)))``), which it finds through the id's unique index: joined instead, the generic plan
-    guesses a tenth of the table for the LIMIT and reads the whole table to join it.
+    The walk starts at ``after_conversation_id`` on an index that leads with conversation_id
+    (``order``), so each batch starts where the last one stopped: a run reads each row about once
+    whatever the batch size, and only the rows the last batch's conversation keeps (or skipped)
+    are read again. The keys come back as one array of rows, unnested: PostgreSQL estimates a
+    function's rows at a fixed 100, so the generic plan finds each through the primary key.
+    Joined to the batch directly, it would guess a tenth of the table for the LIMIT and read the
+    whole table; an array of bare ids would need an index on the id alone, which the re-keyed
+    layout does not have (and would reach a row of another conversation with the same id).
     """
-    chosen = candidates.limit(_BATCH_SIZE).with_for_update(skip_locked=True).scalar_subquery()
-    return delete(table).where(table.c[id_column] == any_(func.array(chosen))).returning(table.c[PARTITION_COLUMN])
+    locked = (
+        select(tuple_(candidate.c[PARTITION_COLUMN], candidate.c[id_column]).label("locked_key"))
+        .where(candidate.c[PARTITION_COLUMN] >= _BATCH_START, *criteria)
+        .order_by(*order)
+        .limit(_BATCH_SIZE)
+        .with_for_update(skip_locked=True)
+    )
+    return (
+        func.unnest(func.array(locked.scalar_subquery()))
+        .table_valued(column(PARTITION_COLUMN, _UUID), column(id_column, _UUID))
+        .render_derived(name="chosen", with_types=True)
+    )
+
+
+def _of_batch(table: Table, id_column: str, chosen: FromClause) -> ColumnElement[bool]:
+    return and_(table.c[PARTITION_COLUMN] == chosen.c[PARTITION_COLUMN], table.c[id_column] == chosen.c[id_column])
+
+
+def _primary_key_order(candidate: FromClause, id_column: str) -> tuple[ColumnElement[Any], ...]:
+    return (candidate.c[PARTITION_COLUMN], candidate.c[id_column])
 
 
 def _pruning() -> Executable:
     """A batch of ``prune_fires``, in ``idx_wake_fires_conv_time`` order: the cutoff is checked in
-    the index, so the heap is read only for old fires."""
+    the index, so the heap is read only for old fires. Returns each deleted fire's conversation_id."""
     candidate = _FIRES.alias("candidate")
-    return _deleting_locked(
-        _FIRES,
+    chosen = _locked_batch(
         "fire_id",
-        select(candidate.c.fire_id)
-        .where(candidate.c.conversation_id >= _BATCH_START)
-        .where(_prunable(candidate, bindparam("cutoff", type_=_INSTANT)))
-        .order_by(candidate.c.conversation_id, candidate.c.actual_fired_at.desc()),
+        candidate,
+        [_prunable(candidate, bindparam("cutoff", type_=_INSTANT))],
+        [candidate.c.conversation_id, candidate.c.actual_fired_at.desc()],
     )
+    return delete(_FIRES).where(_of_batch(_FIRES, "fire_id", chosen)).returning(_FIRES.c[PARTITION_COLUMN])
 
 
 def _orphaned(rows: FromClause) -> ColumnElement[bool]:
@@ -357,18 +424,43 @@ def _counting_orphans(table: Table) -> Select[Any]:
     return select(func.count()).select_from(table).where(_orphaned(table))
 
 
-def _deleting_orphans(table: Table, id_column: str, *referring: ColumnElement[Any]) -> Executable:
-    """A batch of ``delete_orphans`` on ``table``, in primary-key order. A row that a column of
-    ``referring`` still names (a fire the fires' batches skipped, or one written since) waits for a
-    later run: deleting it would reach, by ON DELETE CASCADE or SET NULL, a row no batch locked."""
+def _deleting_orphans(table: Table, id_column: str, *referring: tuple[FromClause, str]) -> Executable:
+    """A batch of ``delete_orphans`` on ``table``; returns each deleted row's conversation_id.
+
+    A row that a row of its conversation still names, in a ``referring`` (table, column), waits for
+    a later run (a fire the fires' batches skipped, a schedule whose context the unlinking batches
+    skipped, or one written since): deleting it would reach, by ON DELETE CASCADE or SET NULL, a
+    row no batch locked, or break a NO ACTION key of the re-keyed layout.
+    """
     candidate = table.alias("candidate")
-    still_named = [~exists().where(column == candidate.c[id_column]) for column in referring]
-    return _deleting_locked(
-        table,
-        id_column,
-        select(candidate.c[id_column])
-        .where(candidate.c[PARTITION_COLUMN] >= _BATCH_START, _orphaned(candidate), *still_named)
-        .order_by(candidate.c[PARTITION_COLUMN], candidate.c[id_column]),
+    still_named = [
+        ~exists().where(
+            rows.c[PARTITION_COLUMN] == candidate.c[PARTITION_COLUMN], rows.c[name] == candidate.c[id_column]
+        )
+        for rows, name in referring
+    ]
+    chosen = _locked_batch(
+        id_column, candidate, [_orphaned(candidate), *still_named], _primary_key_order(candidate, id_column)
+    )
+    return delete(table).where(_of_batch(table, id_column, chosen)).returning(table.c[PARTITION_COLUMN])
+
+
+def _unlinking_orphans() -> Executable:
+    """A batch of ``delete_orphans``' first pass: clears ``context_from_schedule_id`` of orphan
+    schedules, so that the schedules' batches can delete a source and its readers in any order
+    (the re-keyed layout's key is NO ACTION). Returns each cleared row's conversation_id."""
+    candidate = _SCHEDULES.alias("candidate")
+    chosen = _locked_batch(
+        "schedule_id",
+        candidate,
+        [_orphaned(candidate), candidate.c.context_from_schedule_id.is_not(None)],
+        _primary_key_order(candidate, "schedule_id"),
+    )
+    return (
+        update(_SCHEDULES)
+        .where(_of_batch(_SCHEDULES, "schedule_id", chosen))
+        .values(context_from_schedule_id=null())
+        .returning(_SCHEDULES.c[PARTITION_COLUMN])
     )
 
 
@@ -429,9 +521,28 @@ def _reencrypting() -> Executable:
 
 
 PREBUILT: Final[dict[str, Executable]] = {
-    **_keyed("schedules", WakeSchedule, "schedule_id", ("date_created", "schedule_id")),
+    **_keyed(
+        "schedules",
+        WakeSchedule,
+        "schedule_id",
+        ("date_created", "schedule_id"),
+        # Not the schedule itself: the DELETE must still find its row (a row the statement
+        # updated is not deleted by it), and it goes with its own reference anyway.
+        unlinking=_unlinking(
+            _SCHEDULES,
+            "context_from_schedule_id",
+            "target_schedule_id",
+            keep={"date_updated": _SCHEDULES.c.date_updated},
+        ).where(_SCHEDULES.c.schedule_id != bindparam("target_schedule_id", type_=_UUID)),
+    ),
     **_keyed("fires", WakeFire, "fire_id", ("actual_fired_at", "fire_id")),
-    **_keyed("subscriptions", WebhookSubscription, "subscription_id", ("date_created", "subscription_id")),
+    **_keyed(
+        "subscriptions",
+        WebhookSubscription,
+        "subscription_id",
+        ("date_created", "subscription_id"),
+        unlinking=_unlinking(_FIRES, "webhook_subscription_id", "target_subscription_id", keep={}),
+    ),
     "schedules.create": _creating(WakeSchedule, SCHEDULE_CREATED_COLUMNS),
     "subscriptions.create": _creating(WebhookSubscription, SUBSCRIPTION_CREATED_COLUMNS),
     "schedules.list_active_for_conversation": as_stored(
@@ -542,9 +653,11 @@ PREBUILT: Final[dict[str, Executable]] = {
         .limit(bindparam("limit", type_=Integer))
         .execution_options(**spans_partitions("recovery: find fires left dispatching"))
     ),
+    # Two rows at most: enough to tell an id two conversations hold (the re-keyed layout allows it).
     "subscriptions.find_by_id": as_stored(
         select(WebhookSubscription)
         .where(WebhookSubscription.subscription_id == bindparam("subscription_id", type_=_UUID))
+        .limit(2)
         .execution_options(**spans_partitions("webhook receiver: look up a subscription by id"))
     ),
     "subscriptions.secret_ciphertext": select(table_of(WebhookSubscription).c.secret_ciphertext).where(
@@ -564,7 +677,7 @@ PREBUILT: Final[dict[str, Executable]] = {
     .where(_prunable(_FIRES, _PRUNE_CUTOFF))
     .execution_options(**spans_partitions("maintenance: count the fires prune_fires would delete")),
     "fires.prune": _pruning().execution_options(**spans_partitions("maintenance: prune old fires")),
-    # delete_orphans: fires, then schedules, then subscriptions.
+    # delete_orphans: fires, then the schedules' context references, then schedules, then subscriptions.
     "fires.count_orphans": _counting_orphans(_FIRES).execution_options(
         **spans_partitions("maintenance: count fires of deleted conversations")
     ),
@@ -577,11 +690,17 @@ PREBUILT: Final[dict[str, Executable]] = {
     "fires.delete_orphans": _deleting_orphans(_FIRES, "fire_id").execution_options(
         **spans_partitions("maintenance: delete fires of deleted conversations")
     ),
-    "schedules.delete_orphans": _deleting_orphans(_SCHEDULES, "schedule_id", _FIRES.c.schedule_id).execution_options(
-        **spans_partitions("maintenance: delete schedules of deleted conversations")
+    "schedules.unlink_orphans": _unlinking_orphans().execution_options(
+        **spans_partitions("maintenance: clear the context references of schedules of deleted conversations")
     ),
+    "schedules.delete_orphans": _deleting_orphans(
+        _SCHEDULES,
+        "schedule_id",
+        (_FIRES, "schedule_id"),
+        (_SCHEDULES.alias("reader"), "context_from_schedule_id"),
+    ).execution_options(**spans_partitions("maintenance: delete schedules of deleted conversations")),
     "subscriptions.delete_orphans": _deleting_orphans(
-        _SUBSCRIPTIONS, "subscription_id", _FIRES.c.webhook_subscription_id
+        _SUBSCRIPTIONS, "subscription_id", (_FIRES, "webhook_subscription_id")
     ).execution_options(**spans_partitions("maintenance: delete webhook subscriptions of deleted conversations")),
     # rotate_secrets: the count, the pages of secrets, the conditional writes (partition-scoped).
     "subscriptions.count": select(func.count())

@@ -32,6 +32,7 @@ from sqlalchemy.sql.schema import ColumnCollectionConstraint
 
 __all__ = [
     "AgentWakeError",
+    "AmbiguousIdError",
     "ConflictError",
     "ConnectionLostError",
     "ConstraintViolationError",
@@ -125,6 +126,25 @@ class StatusConflictError(ConflictError):
         self.entity_id = entity_id
         self.action = action
         self.status = status
+
+
+class AmbiguousIdError(ConflictError, LookupError):
+    """A lookup by bare id found rows of more than one conversation; ``entity`` and ``entity_id``
+    name what was looked up, ``conversation_ids`` the conversations found holding it (two: the
+    lookup reads no more).
+
+    Only the re-keyed layout (:mod:`agent_wake.distribution`) can hold such rows: it keeps ids
+    unique per conversation, not on their own. Look the row up by (conversation_id, id) instead.
+    """
+
+    def __init__(self, *, entity: str, entity_id: object, conversation_ids: tuple[uuid.UUID, ...]) -> None:
+        super().__init__(
+            f"{entity} {entity_id} exists in more than one conversation: "
+            "a lookup by this id alone cannot tell which one is meant"
+        )
+        self.entity = entity
+        self.entity_id = entity_id
+        self.conversation_ids = conversation_ids
 
 
 class RetryableError(AgentWakeError):

@@ -60,7 +60,9 @@ class WakeFireRepository(PartitionedRepository[WakeFire]):
         the source's own partition, so a source of another conversation
         inserts nothing and is refused (:class:`~agent_wake.errors.NotFoundError`):
         one round trip either way. ``actual_fired_at`` defaults to the
-        transaction's ``now()``. A second fire for the same schedule period
+        transaction's ``now()`` (on Citus, the ``now()`` of its part on the
+        worker holding the conversation's shard, which starts a little
+        later). A second fire for the same schedule period
         is a :class:`~agent_wake.errors.DuplicateError`.
         """
         conversation_id = check.require_uuid(PARTITION_COLUMN, conversation_id)

@@ -84,7 +84,9 @@ async def purge_conversation(session: AsyncSession, conversation_id: uuid.UUID) 
     For an application that deletes a conversation: the wake tables have no
     foreign key to ``conversations``, so nothing else removes its rows.
     Fires go first, then schedules, then subscriptions, so that no delete
-    cascades into rows it did not count. Flushes the session's pending
+    cascades into rows it did not count, and no key is left naming a deleted
+    row: on the re-keyed layout, whose keys are ``NO ACTION``, the schedules
+    that take context from one another go in one statement, checked at its end. Flushes the session's pending
     changes first (a pending row of the conversation is deleted with the
     rest) and never commits. Afterwards the session holds no object of the
     conversation's rows, and the database's ON DELETE actions are applied to
@@ -149,8 +151,9 @@ async def prune_fires(
     declare conversations. Costs one round trip for the count (a scan of the
     old fires), then one per batch plus its commit. A batch walks
     ``idx_wake_fires_conv_time`` (the cutoff is checked in the index) from
-    the conversation where the last batch stopped, and finds the later
-    output through ``idx_wake_fires_schedule_time``.
+    the conversation where the last batch stopped, finds the later
+    output through ``idx_wake_fires_schedule_time``, and deletes its fires
+    through the primary key.
     """
     sessions = _require_sessions(sessions)
     older_than = _require_age(older_than)
@@ -165,7 +168,7 @@ async def prune_fires(
     if dry_run:
         return int(total)
     tally = _Tally(report, total)
-    return await _delete_in_batches(sessions, "fires.prune", {"cutoff": cutoff}, batch_size, tally)
+    return await _run_in_batches(sessions, "fires.prune", {"cutoff": cutoff}, batch_size, tally)
 
 
 async def delete_orphans(
@@ -183,10 +186,15 @@ async def delete_orphans(
     in batches of at most ``batch_size`` rows, each in a transaction of its
     own, committed, followed by ``progress(done, total)``: all the fires,
     then the schedules, then the subscriptions, so that no delete cascades
-    into rows no batch locked. A row another transaction holds is skipped
-    (taken by a later run), and so is a schedule or subscription that a
-    fire still names (one skipped so, or one written since). ``dry_run``
-    returns the counts and writes nothing (and calls no ``progress``).
+    into rows no batch locked. Before the schedules, batches of the same
+    kind clear the orphan schedules' ``context_from_schedule_id`` (not
+    counted in ``progress``), so that schedules taking context from one
+    another go in any order, on either layout (the re-keyed layout's key is
+    ``NO ACTION``). A row another transaction holds is skipped (taken by a
+    later run), and so is a schedule or subscription that a fire or a
+    schedule of its conversation still names (one skipped so, or one
+    written since). ``dry_run`` returns the counts and writes nothing (and
+    calls no ``progress``).
 
     A conversation created after the count with an id the wake tables
     already hold is spared: each batch checks ``conversations`` again. The
@@ -195,10 +203,12 @@ async def delete_orphans(
     Refuses ``batch_size`` outside 1 to 100,000, ``sessions`` that is not an
     ``async_sessionmaker`` or whose sessions declare conversations. Costs
     three counts (each a scan of its table against ``conversations``), then
-    one round trip per batch plus its commit; each batch walks the table's
-    primary key from the conversation where the last one stopped, and reads
-    ``conversations`` once (a lookup per row with an index on
-    ``conversations.conversation_id``).
+    one round trip per batch plus its commit (the clearing pass is one
+    batch at least, and one more walk of the schedules); each batch walks
+    the table's primary key from the conversation where the last one
+    stopped, reads ``conversations`` once (a lookup per row with an index on
+    ``conversations.conversation_id``), and deletes its rows through the
+    primary key.
     """
     sessions = _require_sessions(sessions)
     batch_size = _require_batch_size(batch_size)
@@ -216,11 +226,11 @@ async def delete_orphans(
     if dry_run:
         return found
     tally = _Tally(report, found.total)
-    return OrphanCounts(
-        fires=await _delete_in_batches(sessions, "fires.delete_orphans", {}, batch_size, tally),
-        schedules=await _delete_in_batches(sessions, "schedules.delete_orphans", {}, batch_size, tally),
-        subscriptions=await _delete_in_batches(sessions, "subscriptions.delete_orphans", {}, batch_size, tally),
-    )
+    fires = await _run_in_batches(sessions, "fires.delete_orphans", {}, batch_size, tally)
+    await _run_in_batches(sessions, "schedules.unlink_orphans", {}, batch_size, None)
+    schedules = await _run_in_batches(sessions, "schedules.delete_orphans", {}, batch_size, tally)
+    subscriptions = await _run_in_batches(sessions, "subscriptions.delete_orphans", {}, batch_size, tally)
+    return OrphanCounts(fires=fires, schedules=schedules, subscriptions=subscriptions)
 
 
 async def rotate_secrets(
@@ -355,15 +365,15 @@ class _Tally:
             self._report(self.done, self._total)
 
 
-async def _delete_in_batches(
+async def _run_in_batches(
     sessions: async_sessionmaker[AsyncSession],
     name: str,
     parameters: Mapping[str, Any],
     batch_size: int,
-    tally: _Tally,
+    tally: _Tally | None,
 ) -> int:
-    """Run the batch DELETE ``name`` (see ``_statements._deleting_locked``), each batch committed, until one
-    comes back short; returns the rows deleted."""
+    """Run the batch DELETE or UPDATE ``name`` (see ``_statements._locked_batch``), each batch committed,
+    until one comes back short; returns the rows it wrote, counted in ``tally`` when given."""
     deleted = 0
     after = _FIRST_CONVERSATION
     while True:
@@ -373,7 +383,8 @@ async def _delete_in_batches(
                 conversation_ids = list((await session.execute(_statements.PREBUILT[name], batch)).scalars())
         if conversation_ids:
             deleted += len(conversation_ids)
-            tally.add(len(conversation_ids))
+            if tally is not None:
+                tally.add(len(conversation_ids))
         # Short: the walk reached the end of the index (a skipped row does not count towards the limit).
         if len(conversation_ids) < batch_size:
             return deleted

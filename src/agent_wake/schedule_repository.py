@@ -135,7 +135,9 @@ class WakeScheduleRepository(PartitionedRepository[WakeSchedule]):
     object of it that the session held is refreshed.
     ``get(conversation_id, schedule_id)``, ``list_for_conversation(conversation_id,
     limit=200)`` (newest first) and ``delete(conversation_id, schedule_id)``
-    (its fires go with it, ON DELETE CASCADE) come from the shared base.
+    (its fires go with it, ON DELETE CASCADE; the schedules that took context
+    from it keep none: the DELETE's statement clears their
+    ``context_from_schedule_id`` first, on either layout) come from the shared base.
     """
 
     model = WakeSchedule

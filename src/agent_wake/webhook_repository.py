@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from agent_wake import _validation as check
 from agent_wake import enums
 from agent_wake._repository import PartitionedRepository
-from agent_wake.errors import InvalidInputError
+from agent_wake.errors import AmbiguousIdError, InvalidInputError
 from agent_wake.models import WebhookSubscription
 from agent_wake.secret_box import SecretBox
 
@@ -42,7 +42,8 @@ class WebhookSubscriptionRepository(PartitionedRepository[WebhookSubscription]):
     an object of it that the session held is refreshed.
     ``get(conversation_id, subscription_id)``, ``list_for_conversation(conversation_id,
     limit=200)`` (newest first) and ``delete(conversation_id, subscription_id)``
-    (its fires stay, with no source: ON DELETE SET NULL) come from the shared base.
+    (its fires stay, with no source: the DELETE's statement clears their
+    ``webhook_subscription_id`` first, on either layout) come from the shared base.
     """
 
     model = WebhookSubscription
@@ -143,9 +144,22 @@ class WebhookSubscriptionRepository(PartitionedRepository[WebhookSubscription]):
 
         For a webhook receiver that has only the id from a URL; it must
         then verify the request's signature with :meth:`reveal_secret`
-        before trusting anything else. Served by the unique index on
-        ``subscription_id``. One SELECT.
+        before trusting anything else. On the re-keyed layout
+        (:mod:`agent_wake.distribution`) ids are unique per conversation
+        only: an id two conversations hold is refused with
+        :class:`~agent_wake.errors.AmbiguousIdError` rather than one of them
+        picked (both rows are loaded, as stored). Served by the unique index
+        on ``subscription_id`` (on the re-keyed layout, by
+        ``idx_webhook_subs_subscription``; on Citus, it asks every shard).
+        One SELECT, of two rows at most.
         """
         self._refuse_on_declaring_session("find_by_id")
         parameters = {"subscription_id": check.require_uuid("subscription_id", subscription_id)}
-        return await self._one_or_none(self._prebuilt("find_by_id"), parameters)  # type: ignore[no-any-return]
+        found: list[WebhookSubscription] = await self._all(self._prebuilt("find_by_id"), parameters)
+        if len(found) > 1:
+            raise AmbiguousIdError(
+                entity=self.entity,
+                entity_id=parameters["subscription_id"],
+                conversation_ids=tuple(subscription.conversation_id for subscription in found),
+            )
+        return found[0] if found else None

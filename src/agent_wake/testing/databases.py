@@ -16,6 +16,12 @@ database carries a ``COMMENT`` naming its creator (machine, process id,
 process start time): :func:`drop_abandoned_databases` drops those whose
 creator ran on this machine and is gone, and never one whose creator may
 still be running.
+
+``layout="distributed"`` gives a database whose wake tables have the
+distributed layout (:func:`agent_wake.distribution.distribute_schema`):
+re-keyed on plain PostgreSQL, and distributed too on a Citus coordinator,
+where the database is then made on every node of the cluster and dropped
+from every node.
 """
 
 import asyncio
@@ -29,17 +35,21 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Final
 
 from sqlalchemy import pool, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from agent_wake import distribution
 from agent_wake.database import resolve_database_url
 from agent_wake.errors import InvalidInputError
 from agent_wake.migration_config import alembic_config
+from agent_wake.testing import _citus
 
 __all__ = [
+    "LAYOUTS",
     "ScratchDatabase",
     "ScratchDatabases",
     "drop_abandoned_databases",
@@ -55,6 +65,9 @@ _SCRATCH_NAME = re.compile(rf"[a-z_][a-z0-9_]*_[0-9a-f]{{{_RANDOM_HEX_DIGITS}}}"
 _CREATOR_COMMENT = "agent-wake scratch database, created by "
 # PostgreSQL truncates longer identifiers silently; the DROP would then miss.
 _MAX_NAME_LENGTH = 63
+
+# What a scratch database's wake tables look like: as migrated, or re-keyed (and distributed on Citus).
+LAYOUTS: Final = ("reference", "distributed")
 
 # Called with the new database's URL in a thread of its own, with no event
 # loop running there: Alembic's env.py may start one with asyncio.run.
@@ -158,12 +171,12 @@ async def drop_abandoned_databases(server_url: str) -> list[str]:
     later. Never drops one whose creator may be alive (another run, another
     xdist worker), was made elsewhere, or cannot be checked (off POSIX). A
     DROP that fails (another run dropped it first, no privilege) is logged
-    and skipped. Costs one connection and one query, plus one DROP per
-    abandoned database.
+    and skipped. On a Citus coordinator each is dropped from the workers
+    too. Costs one connection and one query (and the Citus check), plus one
+    DROP per abandoned database and node.
     """
-    engine = create_async_engine(
-        resolve_database_url(server_url), isolation_level="AUTOCOMMIT", poolclass=pool.NullPool
-    )
+    server_url = resolve_database_url(server_url)
+    engine = create_async_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=pool.NullPool)
     dropped: list[str] = []
     try:
         async with engine.connect() as connection:
@@ -186,6 +199,10 @@ async def drop_abandoned_databases(server_url: str) -> list[str]:
                 dropped.append(name)
     finally:
         await engine.dispose()
+    nodes = await _citus.citus_nodes(server_url) if dropped else None
+    if nodes is not None:
+        for name in dropped:
+            await _citus.drop_on_workers(nodes, server_url, name)
     return dropped
 
 
@@ -199,6 +216,33 @@ def _database_name(prefix: str, worker: str) -> str:
     return name
 
 
+def _require_layout(layout: object) -> str:
+    if layout not in LAYOUTS:
+        raise InvalidInputError("layout", f"must be one of {', '.join(LAYOUTS)}")
+    return str(layout)
+
+
+async def _distribute(url: str) -> None:
+    """Give the wake tables at ``url`` (in the schema that holds ``wake_fires``) the distributed layout.
+    Nothing when there are none: the caller reports missing tables its own way."""
+    engine = create_async_engine(url, poolclass=pool.NullPool)
+    try:
+        async with engine.connect() as connection:
+            schema = (
+                await connection.execute(
+                    text(
+                        "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                        "WHERE c.oid = to_regclass('wake_fires')"
+                    )
+                )
+            ).scalar_one_or_none()
+            await connection.commit()
+            if schema is not None:
+                await connection.run_sync(distribution.distribute_schema, schema)
+    finally:
+        await engine.dispose()
+
+
 class ScratchDatabase:
     """One database on the server at ``server_url``, named
     ``{prefix}_{worker}_{10 hex digits}`` (:attr:`name`, at :attr:`url`).
@@ -207,9 +251,17 @@ class ScratchDatabase:
     :func:`migrate_to_head`; ``None`` leaves it empty); :meth:`drop` drops it.
     As an async context manager it does both around the block and gives the URL.
 
+    ``layout`` (one of :data:`LAYOUTS`): ``"reference"`` leaves the database
+    as ``migrate`` made it; ``"distributed"`` then passes it through
+    :func:`~agent_wake.distribution.distribute_schema` (the schema holding
+    ``wake_fires``): re-keyed, and, when the server is a Citus coordinator
+    (the ``citus`` extension available, and in the server URL's database
+    with worker nodes), distributed, the database being made on every node
+    with Citus set up in it, as ``cluster db NAME`` does.
+
     Refuses (``InvalidInputError``) a ``prefix`` or ``worker`` that is not a
-    lower-case identifier, or a name longer than PostgreSQL's 63 characters.
-    Nothing connects until :meth:`create`.
+    lower-case identifier, a name longer than PostgreSQL's 63 characters, or
+    an unknown ``layout``. Nothing connects until :meth:`create`.
     """
 
     def __init__(
@@ -219,27 +271,39 @@ class ScratchDatabase:
         prefix: str = "agent_wake_scratch",
         worker: str = "main",
         migrate: _Migrate | None = migrate_to_head,
+        layout: str = "reference",
     ) -> None:
         self.server_url = resolve_database_url(server_url)
         self.name = _database_name(prefix, worker)
         self.url = make_url(self.server_url).set(database=self.name).render_as_string(hide_password=False)
         self.migrate = migrate
+        self.layout = _require_layout(layout)
+        self._citus: _citus.CitusNodes | None = None
 
     async def create(self) -> str:
         """CREATE DATABASE with a COMMENT naming this process (see
-        :func:`drop_abandoned_databases`), then ``migrate`` in a worker thread;
-        returns :attr:`url`.
+        :func:`drop_abandoned_databases`), then ``migrate`` in a worker thread
+        (and the distributed layout, when asked); returns :attr:`url`.
 
-        If the COMMENT or ``migrate`` raises, the database is dropped again
-        before the error propagates. Costs two server connections, the copy
-        of ``template1``, and whatever ``migrate`` costs.
+        If the COMMENT, ``migrate`` or the layout's change raises, the
+        database is dropped again before the error propagates. Costs two
+        server connections, the copy of ``template1``, and whatever
+        ``migrate`` costs; the distributed layout adds its change (a few
+        round trips on empty tables), and on Citus a connection or two per
+        node, a database and the extension made on each.
         """
+        if self.layout == "distributed":
+            self._citus = await _citus.citus_nodes(self.server_url)
         comment = _creator_comment().replace("'", "''")
         await execute_autocommit(self.server_url, f'CREATE DATABASE "{self.name}"')
         try:
             await execute_autocommit(self.server_url, f"COMMENT ON DATABASE \"{self.name}\" IS '{comment}'")
+            if self._citus is not None:
+                await _citus.create_on_nodes(self._citus, self.server_url, self.name, self.url)
             if self.migrate is not None:
                 await asyncio.to_thread(self.migrate, self.url)
+                if self.layout == "distributed":
+                    await _distribute(self.url)
         except BaseException:
             await self.drop()
             raise
@@ -247,7 +311,10 @@ class ScratchDatabase:
 
     async def drop(self) -> None:
         """DROP DATABASE IF EXISTS ... WITH (FORCE): ends the database's open
-        connections first. Costs one server connection; safe to call twice."""
+        connections first; on Citus, on the workers first. Costs one server
+        connection (and one per worker); safe to call twice."""
+        if self._citus is not None:
+            await _citus.drop_on_workers(self._citus, self.server_url, self.name)
         await execute_autocommit(self.server_url, f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
     async def __aenter__(self) -> str:
@@ -272,17 +339,21 @@ class ScratchDatabases:
         prefix: str = "agent_wake_scratch",
         worker: str = "main",
         migrate: _Migrate | None = migrate_to_head,
+        layout: str = "reference",
     ) -> None:
         _database_name(prefix, worker)  # refuse a bad prefix here, not at the first create
         self.server_url = server_url
         self.prefix = prefix
         self.worker = worker
         self.migrate = migrate
+        self.layout = _require_layout(layout)
         self.created: list[ScratchDatabase] = []
 
     async def create(self) -> str:
         """A new scratch database, created and migrated (see :meth:`ScratchDatabase.create`); its URL."""
-        database = ScratchDatabase(self.server_url, prefix=self.prefix, worker=self.worker, migrate=self.migrate)
+        database = ScratchDatabase(
+            self.server_url, prefix=self.prefix, worker=self.worker, migrate=self.migrate, layout=self.layout
+        )
         self.created.append(database)
         return await database.create()
 

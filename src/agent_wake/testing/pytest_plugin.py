@@ -32,6 +32,14 @@ Fixtures, all named ``wake_*``; nothing starts or connects until a test asks:
   connect as the server's superuser (``wake_session``, ``wake_engine``,
   ``wake_factory``) are not held to the policies.
 
+``AGENT_WAKE_TEST_LAYOUT`` chooses the layout of the wake tables in that
+database: ``reference`` (the default: as migrated) or ``distributed`` (then
+passed through :func:`agent_wake.distribution.distribute_schema`: re-keyed
+on plain PostgreSQL, and distributed too when the server is a Citus
+coordinator, the database being made on every node of the cluster; see
+:class:`~agent_wake.testing.databases.ScratchDatabase`). Another value stops
+the run with an error naming the variable.
+
 The database server is, in this order: ``AGENT_WAKE_TEST_DATABASE_URL``; a
 PostgreSQL container through testcontainers when Docker answers; the
 embedded PostgreSQL. A line names it after collection (at the end of the run
@@ -75,6 +83,7 @@ __all__ = [
     "ALEMBIC_INI_OPTION",
     "DATABASE_PREFIX_OPTION",
     "TEST_DATABASE_URL_VARIABLE",
+    "TEST_LAYOUT_VARIABLE",
     "TestServer",
     "wake_application_sessions",
     "wake_cleanup_tables",
@@ -92,6 +101,7 @@ __all__ = [
 ]
 
 TEST_DATABASE_URL_VARIABLE = "AGENT_WAKE_TEST_DATABASE_URL"
+TEST_LAYOUT_VARIABLE = "AGENT_WAKE_TEST_LAYOUT"
 ALEMBIC_INI_OPTION = "agent_wake_alembic_ini"
 DATABASE_PREFIX_OPTION = "agent_wake_database_prefix"
 DEFAULT_DATABASE_PREFIX = "agent_wake_test"
@@ -263,14 +273,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def _layout_from_environment() -> str:
+    """The layout ``AGENT_WAKE_TEST_LAYOUT`` asks for (``reference`` when unset or empty); refuses
+    (``InvalidInputError`` naming the variable) one not in :data:`~agent_wake.testing.databases.LAYOUTS`."""
+    layout = os.environ.get(TEST_LAYOUT_VARIABLE) or "reference"
+    if layout not in databases.LAYOUTS:
+        raise InvalidInputError(TEST_LAYOUT_VARIABLE, f"must be one of {', '.join(databases.LAYOUTS)}")
+    return layout
+
+
 def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Item]) -> str | None:
-    """One header line naming the test database, only when a collected test needs it."""
+    """One header line naming the test database (and the layout, when not the reference one),
+    only when a collected test needs it."""
     if not any(_DATABASE_FIXTURES.intersection(getattr(item, "fixturenames", ())) for item in items):
         return None
     try:
-        return f"agent-wake test database: {_server_for(config).source}"
+        source = _server_for(config).source
     except AgentWakeError as exc:
         return f"agent-wake test database: {_describe(exc)}"
+    layout = os.environ.get(TEST_LAYOUT_VARIABLE) or "reference"
+    return f"agent-wake test database: {source}" + ("" if layout == "reference" else f" ({layout} layout)")
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -408,13 +430,19 @@ def wake_database_url(
     Its name is ``{agent_wake_database_prefix}_{xdist worker or main}_{10 hex
     digits}``; a prefix that is not a lower-case identifier, or too long for
     that name to fit PostgreSQL's 63 characters, is refused
-    (``InvalidInputError`` naming the ini option). Refuses (``AgentWakeError``)
+    (``InvalidInputError`` naming the ini option), and so is a value of
+    ``AGENT_WAKE_TEST_LAYOUT`` that names no layout. Refuses (``AgentWakeError``)
     a database that ``wake_migrate`` left without the wake tables.
     """
     worker = getattr(pytestconfig, "workerinput", {}).get("workerid", "main")
+    layout = _layout_from_environment()
     try:
         database = databases.ScratchDatabase(
-            wake_server.url, prefix=pytestconfig.getini(DATABASE_PREFIX_OPTION), worker=worker, migrate=wake_migrate
+            wake_server.url,
+            prefix=pytestconfig.getini(DATABASE_PREFIX_OPTION),
+            worker=worker,
+            migrate=wake_migrate,
+            layout=layout,
         )
     except InvalidInputError as exc:
         raise InvalidInputError(DATABASE_PREFIX_OPTION, exc.rule) from exc
