@@ -77,8 +77,8 @@ _CROSS_CONVERSATION_REFERENCES: Final = (
     ),
     (
         "fires naming a webhook subscription of another conversation",
-        "SELECT count(*) FROM wake_fires f JOIN webhook_subscriptions w ON w.subscription_id = f.webhook_subscription_id "
-        "WHERE w.conversation_id <> f.conversation_id",
+        "SELECT count(*) FROM wake_fires f JOIN webhook_subscriptions w "
+        "ON w.subscription_id = f.webhook_subscription_id WHERE w.conversation_id <> f.conversation_id",
     ),
     (
         "schedules taking context from a schedule of another conversation",
@@ -203,7 +203,8 @@ def _rekey(connection: Connection) -> None:
     autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
     autocommit.execute(
         text(
-            "CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_webhook_subs_subscription ON webhook_subscriptions (subscription_id)"
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_webhook_subs_subscription "
+            "ON webhook_subscriptions (subscription_id)"
         )
     )
 
