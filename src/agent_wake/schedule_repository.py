@@ -360,12 +360,12 @@ class WakeScheduleRepository(PartitionedRepository[WakeSchedule]):
         values). Returns one :class:`ClaimedFire` per new fire, oldest period
         first; no ORM object is built, and a schedule the session holds is
         refreshed with the stored row. On plain PostgreSQL, costs three round
-        trips whatever the batch size, each statement with a fixed text: the locking SELECT, one
-        ``INSERT ... SELECT FROM unnest`` of the fires and one ``UPDATE ...
-        FROM unnest``, sent on the session's own driver connection (see
-        ``_fetch_on_driver``). The locks are held until the caller commits;
-        if the caller's process dies first, PostgreSQL releases them and
-        nothing was claimed. Refuses a session in AUTOCOMMIT.
+        trips whatever the batch size, each statement with a fixed text: the
+        locking SELECT, one ``INSERT ... SELECT FROM unnest`` of the fires and
+        one ``UPDATE ... FROM unnest``, sent on the session's own driver
+        connection (see ``_fetch_on_driver``). The locks are held until the
+        caller commits; if the caller's process dies first, PostgreSQL
+        releases them and nothing was claimed. Refuses a session in AUTOCOMMIT.
 
         The first claim on each database connection also asks the catalog
         whether ``agent_wake_schedules`` is hash-distributed by Citus: one
@@ -373,20 +373,23 @@ class WakeScheduleRepository(PartitionedRepository[WakeSchedule]):
         two where it is; the answer is kept for the connection's life, so
         connections opened before the table was distributed must be closed
         (``engine.dispose()``) after it. On Citus, which refuses row locks in
-        a statement that spans shards, the locking SELECT is replaced by an
-        unlocked scan of the oldest ``4 * limit`` due schedules with each
-        one's shard, then, shard by shard in random order (so concurrent
-        ticks spread over the shards), the locking SELECT restricted to
-        that shard's conversations (``conversation_id = ANY(...)``: one
-        shard, one worker), which still skips locked rows and checks under
-        the lock that each schedule is due. Each shard gives its oldest
-        schedules first, but the batch is not the oldest ``limit`` overall.
-        Round trips: the scan, one locking SELECT per shard visited, the
-        two writes (each sent only to the shards claimed), and another scan
-        page only while the batch is short after a full page's shards (their
-        schedules taken by other ticks).
-        A shard split between the scan and the lock fails the claim (a
-        locking SELECT over two shards); the next tick scans again.
+        a statement that spans shards, every statement but one stays on one
+        shard: an unlocked scan of the oldest ``4 * limit`` due schedules
+        with each one's shard (every shard); then, shard by shard in random
+        order (so concurrent ticks spread over the shards), the locking
+        SELECT restricted to that shard's scanned conversations
+        (``conversation_id = ANY(...)``), which still skips locked rows and
+        checks under the lock that each schedule is due, and that shard's
+        INSERT and UPDATE (a write to several shards would hold a lock on
+        each until commit, and concurrent ticks would wait for each other).
+        Round trips: the scan, a locking SELECT per shard visited (another
+        where failed schedules took places), the INSERT and the UPDATE of
+        each shard that gave schedules, and another
+        scan page only while the batch is short after every shard of a full
+        page (their schedules taken by other ticks). Each shard gives its
+        oldest schedules first, but the batch is not the oldest ``limit``
+        overall. A shard split between the scan and a lock fails the claim
+        (its locking SELECT would span two shards); the next tick scans again.
         """
         self._refuse_on_declaring_session("claim_due")
         now = check.require_aware("now", now)
