@@ -29,6 +29,7 @@ from agent_wake.testing.factories import WakeFactory
 from tests.clock import NOW, in_minutes
 
 HOUR = timedelta(hours=1)
+LONG_AGO = NOW - 10_000 * HOUR  # before every schedule the tests make
 
 
 def hourly_catch_up(schedule: WakeSchedule, now: datetime) -> datetime | None:
@@ -44,6 +45,12 @@ def hourly_coalesce(schedule: WakeSchedule, now: datetime) -> datetime | None:
 
 def one_shot(schedule: WakeSchedule, now: datetime) -> datetime | None:
     return None
+
+
+async def claim_once_on_the_connection(session: AsyncSession) -> None:
+    """A claim that finds nothing due: the session's connection has asked, once, whether the schedules
+    are distributed (see the last test), and a claim after this one sends only the tick's statements."""
+    assert await WakeScheduleRepository(session).claim_due(LONG_AGO, limit=1, next_fire=hourly_coalesce) == []
 
 
 async def count_fires(session: AsyncSession, schedule: WakeSchedule) -> int:
@@ -197,6 +204,7 @@ async def test_broken_schedules_that_fill_the_batch_do_not_starve_a_healthy_one(
             raise RuntimeError("broken schedule arithmetic")
         return hourly_coalesce(schedule, now)
 
+    await claim_once_on_the_connection(wake_session)
     with capture_sql(wake_session) as captured:
         claims = await WakeScheduleRepository(wake_session).claim_due(NOW, limit=3, next_fire=next_fire)
 
@@ -261,6 +269,7 @@ async def test_a_batch_costs_three_statements_whatever_its_size(
 ) -> None:
     await seed_due_schedules(wake_engine, count=batch, conversations=10)
     async with AsyncSession(wake_engine) as session, session.begin():
+        await claim_once_on_the_connection(session)
         with capture_sql(wake_engine) as captured:
             claims = await WakeScheduleRepository(session).claim_due(NOW, limit=batch, next_fire=hourly_coalesce)
     sent = [statement.sql for statement in captured]
@@ -498,6 +507,7 @@ async def test_the_claim_runs_on_the_driver_connection_when_only_agent_wake_list
     wake_factory: WakeFactory, wake_session: AsyncSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await wake_factory.schedule(next_fire_at=NOW - HOUR)
+    await claim_once_on_the_connection(wake_session)
     with capture_sql(wake_session) as captured:
         sent_on_driver = await _claim_watching_the_driver(wake_session, monkeypatch)
     tick = ("schedules.claim_lock", "schedules.claim_fires", "schedules.claim_reschedule")
@@ -509,6 +519,7 @@ async def test_the_claim_goes_through_sqlalchemy_when_others_listen_to_the_engin
     wake_factory: WakeFactory, wake_session: AsyncSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await wake_factory.schedule(next_fire_at=NOW - HOUR)
+    await claim_once_on_the_connection(wake_session)
     contexts: list[object] = []
 
     def tracing(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
@@ -528,3 +539,19 @@ def test_a_due_schedule_has_the_table_columns_in_their_order() -> None:
     assert tuple(field.name for field in dataclasses.fields(DueSchedule)) == tuple(
         column.name for column in WakeSchedule.__table__.columns
     )
+
+
+async def test_the_first_claim_on_a_connection_asks_once_whether_the_schedules_are_distributed(
+    wake_factory: WakeFactory, wake_session: AsyncSession
+) -> None:
+    await wake_factory.schedule(next_fire_at=NOW - HOUR)
+    await wake_factory.schedule(next_fire_at=NOW - HOUR / 2)
+    repo = WakeScheduleRepository(wake_session)
+    with capture_sql(wake_session) as captured:
+        first = await repo.claim_due(NOW, limit=1, next_fire=hourly_coalesce)
+        second = await repo.claim_due(NOW, limit=1, next_fire=hourly_coalesce)
+    assert (len(first), len(second)) == (1, 1)
+    # Without the citus extension, one question (the second, whether Citus distributes the table, is not asked).
+    tick = ["schedules.claim_lock", "schedules.claim_fires", "schedules.claim_reschedule"]
+    expected = ["schedules.citus_installed", *tick, *tick]
+    assert [statement.sql for statement in captured] == [for_driver(name).sql for name in expected]

@@ -17,8 +17,9 @@ from agent_wake.testing import capture_sql
 from tests.clock import NOW
 
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "agent_wake"
-# The tick's scan and claim, the webhook receiver's lookup, the recovery
-# job's scan and the maintenance jobs' counts, batches and pages (prebuilt
+# The tick's scan and claim (on Citus, its scan for the due schedules' shards),
+# the webhook receiver's lookup, the recovery job's scan and the maintenance
+# jobs' counts, batches and pages (prebuilt
 # statements, named by their key in _statements.PREBUILT), and the pytest plugin's (testing/pytest_plugin.py)
 # teardown that empties the wake tables after a test of wake_engine or of the
 # row-level-security session fixtures (a function). _statements.span_of enters,
@@ -28,6 +29,8 @@ DOCUMENTED_CROSS_PARTITION_SITES = {
     "schedules.list_due",
     "schedules.claim_lock",
     "schedules.claim_lock_excluding",
+    "schedules.claim_scan_sharded",
+    "schedules.claim_scan_sharded_after",
     "subscriptions.find_by_id",
     "fires.list_stale_dispatching",
     "fires.count_prunable",

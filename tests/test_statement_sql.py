@@ -143,6 +143,30 @@ PINNED: dict[str, str] = {
         "agent_wake_schedules.next_fire_at, agent_wake_schedules.schedule_id \n LIMIT $3::INTEGER FOR "
         "UPDATE SKIP LOCKED"
     ),
+    "schedules.citus_installed": "pg_extension \nWHERE pg_extension.extname = 'citus') AS anon_1",
+    "schedules.hash_distributed": (
+        "pg_dist_partition \nWHERE pg_dist_partition.logicalrelid = CAST('agent_wake_schedules' AS "
+        "REGCLASS) AND pg_dist_partition.partmethod = 'h') AS anon_1"
+    ),
+    "schedules.claim_scan_sharded": (
+        "agent_wake_schedules \nWHERE agent_wake_schedules.status = 'active' AND "
+        "agent_wake_schedules.next_fire_at <= $1::TIMESTAMP WITH TIME ZONE ORDER BY "
+        "agent_wake_schedules.next_fire_at, agent_wake_schedules.schedule_id \n LIMIT $2::INTEGER"
+    ),
+    "schedules.claim_scan_sharded_after": (
+        "agent_wake_schedules \nWHERE agent_wake_schedules.status = 'active' AND "
+        "agent_wake_schedules.next_fire_at <= $1::TIMESTAMP WITH TIME ZONE AND "
+        "(agent_wake_schedules.next_fire_at, agent_wake_schedules.schedule_id) > ($2::TIMESTAMP WITH "
+        "TIME ZONE, $3::UUID) ORDER BY agent_wake_schedules.next_fire_at, "
+        "agent_wake_schedules.schedule_id \n LIMIT $4::INTEGER"
+    ),
+    "schedules.claim_lock_among": (
+        "agent_wake_schedules \nWHERE agent_wake_schedules.status = 'active' AND "
+        "agent_wake_schedules.next_fire_at <= $1::TIMESTAMP WITH TIME ZONE AND "
+        "agent_wake_schedules.conversation_id = ANY ($2::UUID[]) AND agent_wake_schedules.schedule_id "
+        "!= ALL ($3::UUID[]) ORDER BY agent_wake_schedules.next_fire_at, "
+        "agent_wake_schedules.schedule_id \n LIMIT $4::INTEGER FOR UPDATE SKIP LOCKED"
+    ),
     "schedules.claim_fires": (
         "INSERT INTO wake_fires (conversation_id, fire_id, schedule_id, webhook_subscription_id, "
         "scheduled_fire_at, actual_fired_at, status) SELECT claimed_fire.conversation_id, "
@@ -375,12 +399,16 @@ def test_only_counts_deletes_single_column_reads_the_tick_and_maintenance_return
         "fires.delete_orphans",
         "fires.prune",
         "fires.purge_conversation",
+        "schedules.citus_installed",  # the catalog questions of the first claim on a connection
         "schedules.claim_fires",  # returns (schedule_id, fire_id) only: claims are plain records
         "schedules.claim_reschedule",  # returns the key and the columns it changes
+        "schedules.claim_scan_sharded",  # Citus: keys and shards of due schedules, no rows to load
+        "schedules.claim_scan_sharded_after",
         "schedules.count_active_for_conversation",
         "schedules.count_orphans",
         "schedules.delete",
         "schedules.delete_orphans",
+        "schedules.hash_distributed",
         "schedules.purge_conversation",
         "schedules.source_exists",
         "schedules.unlink_orphans",
@@ -408,8 +436,13 @@ def test_prebuilt_statement_renders_its_pinned_sql(wake_session: AsyncSession, n
 
 
 TICK_STATEMENTS = [
+    "schedules.citus_installed",
+    "schedules.hash_distributed",
     "schedules.claim_lock",
     "schedules.claim_lock_excluding",
+    "schedules.claim_scan_sharded",
+    "schedules.claim_scan_sharded_after",
+    "schedules.claim_lock_among",
     "schedules.claim_fires",
     "schedules.claim_reschedule",
 ]

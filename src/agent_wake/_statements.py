@@ -54,10 +54,12 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    table,
     tuple_,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, UUID
+from sqlalchemy import cast as sql_cast
+from sqlalchemy.dialects.postgresql import ARRAY, REGCLASS, UUID
 from sqlalchemy.dialects.postgresql import Insert as PgInsert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
@@ -324,6 +326,37 @@ _DUE_FIRST: Final = (
     .order_by(WakeSchedule.next_fire_at, WakeSchedule.schedule_id)
     .limit(bindparam("limit", type_=Integer))
 )
+
+# On Citus, claim_due (WakeScheduleRepository) asks the catalog once per connection whether the
+# schedules are hash-distributed; if so it finds the due schedules' shards with an unlocked scan, and
+# locks them one shard at a time: Citus refuses FOR UPDATE on a statement that spans shards.
+_EXTENSIONS: Final = table("pg_extension", column("extname", Text()))
+_DISTRIBUTED_TABLES: Final = table(
+    "pg_dist_partition", column("logicalrelid", REGCLASS()), column("partmethod", Text())
+)
+# Resolved on the connection's search_path, as the statements' unqualified table names are.
+_SCHEDULES_RELATION: Final = sql_cast(constant(_SCHEDULES.name), REGCLASS())
+
+
+def _due_shards(*, after: bool) -> Select[Any]:
+    """Up to ``limit`` active schedules due at ``now``, oldest period first, as (conversation_id,
+    its shard, next_fire_at, schedule_id): the first page, or the one after (``after_next_fire_at``,
+    ``after_schedule_id``). Takes no locks. Citus only: the shard comes from its
+    ``get_shard_id_for_distribution_column``."""
+    shard = func.get_shard_id_for_distribution_column(_SCHEDULES_RELATION, _SCHEDULES.c.conversation_id)
+    page = (
+        select(
+            _SCHEDULES.c.conversation_id, shard.label("shard_id"), _SCHEDULES.c.next_fire_at, _SCHEDULES.c.schedule_id
+        )
+        .where(_SCHEDULES.c.status == constant("active"), _SCHEDULES.c.next_fire_at <= bindparam("now", type_=_INSTANT))
+        .order_by(_SCHEDULES.c.next_fire_at, _SCHEDULES.c.schedule_id)
+        .limit(bindparam("limit", type_=Integer))
+    )
+    if after:
+        after_key = tuple_(bindparam("after_next_fire_at", type_=_INSTANT), bindparam("after_schedule_id", type_=_UUID))
+        page = page.where(tuple_(_SCHEDULES.c.next_fire_at, _SCHEDULES.c.schedule_id) > after_key)
+    return page
+
 
 _SUBSCRIPTIONS: Final = table_of(WebhookSubscription)
 # Unqualified, so the conversations table on the connection's search_path: a host's own, or the stand-in.
@@ -596,6 +629,27 @@ PREBUILT: Final[dict[str, Executable]] = {
         _DUE_FIRST.where(_SCHEDULES.c.schedule_id != all_(bindparam("seen", type_=ARRAY(_UUID))))
         .with_for_update(skip_locked=True)
         .execution_options(**spans_partitions("tick: claim due schedules"))
+    ),
+    # On Citus, in their place: whether the schedules are hash-distributed (once per connection), then
+    # the unlocked scan for the due schedules' shards, and the locking SELECT over the conversations
+    # of one shard (a single-shard statement, which Citus lets take row locks).
+    "schedules.citus_installed": select(exists().where(_EXTENSIONS.c.extname == constant("citus"))),
+    "schedules.hash_distributed": select(
+        exists().where(
+            _DISTRIBUTED_TABLES.c.logicalrelid == _SCHEDULES_RELATION, _DISTRIBUTED_TABLES.c.partmethod == constant("h")
+        )
+    ),
+    "schedules.claim_scan_sharded": _due_shards(after=False).execution_options(
+        **spans_partitions("tick: find the shards of due schedules")
+    ),
+    "schedules.claim_scan_sharded_after": _due_shards(after=True).execution_options(
+        **spans_partitions("tick: find the shards of due schedules")
+    ),
+    "schedules.claim_lock_among": as_stored(
+        _DUE_FIRST.where(
+            _SCHEDULES.c.conversation_id == any_(bindparam("conversation_ids", type_=ARRAY(_UUID))),
+            _SCHEDULES.c.schedule_id != all_(bindparam("seen", type_=ARRAY(_UUID))),
+        ).with_for_update(skip_locked=True)
     ),
     # A period that already has its fire (a schedule re-armed at an instant it fired for) gets none.
     "schedules.claim_fires": _dispatching_fire(

@@ -1,6 +1,7 @@
 """Partition-scoped access to ``agent_wake_schedules``, and the tick's claim."""
 
 import logging
+import random
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -101,6 +102,10 @@ class ScheduleChanges(TypedDict, total=False):
 
 # The columns of a schedule row, in the order the tick's statements return them (DueSchedule's fields).
 _SCHEDULE_COLUMNS: Final = tuple(column.name for column in cast(Table, WakeSchedule.__table__).columns)
+# Citus: how many due schedules each page of claim_due's unlocked scan reads, per schedule it may claim.
+_SCANNED_PER_CLAIM: Final = 4
+# The connection's info key of whether agent_wake_schedules is hash-distributed (Citus).
+_HASH_DISTRIBUTED: Final = "agent_wake.schedules_hash_distributed"
 _MAX_PROMPT_LENGTH: Final = 100_000
 _MAX_NAME_LENGTH: Final = 500
 # Statuses a schedule can be created in; "expired" is reached only by firing.
@@ -121,6 +126,18 @@ _UPDATE_HINTS: Final = {
     "status": " (use pause, resume or mark_expired)",
     "next_fire_at": " (use update_next_fire_at or resume)",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class _Planned:
+    """One schedule of a claim, read before ``next_fire`` could touch it, and what the claim sets."""
+
+    conversation_id: uuid.UUID
+    schedule_id: uuid.UUID
+    period: datetime
+    last_fired_at: datetime | None
+    following: datetime | None
+    status: enums.ScheduleStatus
 
 
 class WakeScheduleRepository(PartitionedRepository[WakeSchedule]):
@@ -344,13 +361,37 @@ class WakeScheduleRepository(PartitionedRepository[WakeSchedule]):
         ``next_fire`` gets each schedule as a :class:`DueSchedule` (the row's
         values). Returns one :class:`ClaimedFire` per new fire, oldest period
         first; no ORM object is built, and a schedule the session holds is
-        refreshed with the stored row. Costs three round trips whatever the
-        batch size, each statement with a fixed text: the locking SELECT, one
-        ``INSERT ... SELECT FROM unnest`` of the fires and one ``UPDATE ...
-        FROM unnest``, sent on the session's own driver connection (see
-        ``_fetch_on_driver``). The locks are held until the caller commits;
-        if the caller's process dies first, PostgreSQL releases them and
-        nothing was claimed. Refuses a session in AUTOCOMMIT.
+        refreshed with the stored row. On plain PostgreSQL, costs three round
+        trips whatever the batch size, each statement with a fixed text: the
+        locking SELECT, one ``INSERT ... SELECT FROM unnest`` of the fires and
+        one ``UPDATE ... FROM unnest``, sent on the session's own driver
+        connection (see ``_fetch_on_driver``). The locks are held until the
+        caller commits; if the caller's process dies first, PostgreSQL
+        releases them and nothing was claimed. Refuses a session in AUTOCOMMIT.
+
+        The first claim on each database connection also asks the catalog
+        whether ``agent_wake_schedules`` is hash-distributed by Citus: one
+        query on plain PostgreSQL (is the ``citus`` extension installed?),
+        two where it is; the answer is kept for the connection's life, so
+        connections opened before the table was distributed must be closed
+        (``engine.dispose()``) after it. On Citus, which refuses row locks in
+        a statement that spans shards, every statement but one stays on one
+        shard: an unlocked scan of the oldest ``4 * limit`` due schedules
+        with each one's shard (every shard); then, shard by shard in random
+        order (so concurrent ticks spread over the shards), the locking
+        SELECT restricted to that shard's scanned conversations
+        (``conversation_id = ANY(...)``), which still skips locked rows and
+        checks under the lock that each schedule is due, and that shard's
+        INSERT and UPDATE (a write to several shards would hold a lock on
+        each until commit, and concurrent ticks would wait for each other).
+        Round trips: the scan, a locking SELECT per shard visited (another
+        where failed schedules took places), the INSERT and the UPDATE of
+        each shard that gave schedules, and another
+        scan page only while the batch is short after every shard of a full
+        page (their schedules taken by other ticks). Each shard gives its
+        oldest schedules first, but the batch is not the oldest ``limit``
+        overall. A shard split between the scan and a lock fails the claim
+        (its locking SELECT would span two shards); the next tick scans again.
         """
         self._refuse_on_declaring_session("claim_due")
         now = check.require_aware("now", now)
@@ -359,61 +400,20 @@ class WakeScheduleRepository(PartitionedRepository[WakeSchedule]):
             raise InvalidInputError("next_fire", "must be a function (schedule, now) -> datetime | None")
         with translate_database_errors():
             await self._session.flush()  # what a read through the session would send first
-            due = await self._fetch_on_driver("schedules.claim_lock", {"now": now, "limit": limit})
-            planned: list[_Planned] = []
             locked: dict[uuid.UUID, DueSchedule] = {}
-            while due:
-                requested = limit - len(planned)
-                for row in due:
-                    schedule = locked[row[1]] = DueSchedule(*row)
-                    if (plan := _planned(schedule, now, next_fire)) is not None:
-                        planned.append(plan)
-                if len(planned) == limit or len(due) < requested:
-                    break
-                # Schedules whose next_fire failed took places in the batch: they stay
-                # locked by this transaction (so due to it again) and are excluded here.
-                parameters = {"now": now, "limit": limit - len(planned), "seen": list(locked)}
-                due = await self._fetch_on_driver("schedules.claim_lock_excluding", parameters)
-            if not planned:
-                self._refresh_held_schedules(locked, {})
-                return []
-            conversation_ids = [plan.conversation_id for plan in planned]
-            schedule_ids = [plan.schedule_id for plan in planned]
-            inserted = await self._fetch_on_driver(
-                "schedules.claim_fires",
-                {
-                    "now": now,
-                    "claimed_fire_conversation_id": conversation_ids,
-                    "claimed_fire_fire_id": [uuid_utils.uuid7() for _ in planned],
-                    "claimed_fire_schedule_id": schedule_ids,
-                    "claimed_fire_scheduled_fire_at": [plan.period for plan in planned],
-                },
-            )
-            fired: dict[uuid.UUID, uuid.UUID] = {schedule_id: fire_id for schedule_id, fire_id in inserted}
-            for plan in planned:
-                if plan.schedule_id not in fired:
-                    _logger.warning(
-                        "claim_due: schedule %s of conversation %s already has its fire for %s; "
-                        "advanced without a new one",
-                        plan.schedule_id,
-                        plan.conversation_id,
-                        plan.period.isoformat(),
-                    )
-            rescheduled_rows = await self._fetch_on_driver(
-                "schedules.claim_reschedule",
-                {
-                    "claimed_conversation_id": conversation_ids,
-                    "claimed_schedule_id": schedule_ids,
-                    "claimed_next_fire_at": [plan.following for plan in planned],
-                    "claimed_status": [plan.status for plan in planned],
-                    # Stamped only where a fire was written: an advanced period did not fire.
-                    "claimed_last_fired_at": [
-                        now if plan.schedule_id in fired else plan.last_fired_at for plan in planned
-                    ],
-                },
-            )
-        rescheduled = {row[1]: row for row in rescheduled_rows}
+            distributed = await self._schedules_hash_distributed()
+            if distributed:
+                batches = await self._lock_due_by_shard(now, limit, next_fire, locked)
+            else:
+                batches = [await self._lock_due(now, limit, next_fire, locked)]
+            fired: dict[uuid.UUID, uuid.UUID] = {}
+            rescheduled: dict[uuid.UUID, Sequence[Any]] = {}
+            for batch in batches:
+                await self._write_claims(batch, now, fired, rescheduled)
         self._refresh_held_schedules(locked, rescheduled)
+        planned = [plan for batch in batches for plan in batch]
+        if distributed:
+            planned.sort(key=lambda plan: (plan.period, plan.schedule_id))
         return [
             _claimed_fire(
                 locked[plan.schedule_id], rescheduled[plan.schedule_id], fired[plan.schedule_id], plan.period, now
@@ -421,6 +421,132 @@ class WakeScheduleRepository(PartitionedRepository[WakeSchedule]):
             for plan in planned
             if plan.schedule_id in fired
         ]
+
+    async def _schedules_hash_distributed(self) -> bool:
+        """Whether Citus distributes ``agent_wake_schedules`` by hash, asked once per DBAPI connection
+        (one query without the citus extension, two with it) and kept in the connection's ``info``."""
+        connection = await self._session.connection()
+        distributed = connection.info.get(_HASH_DISTRIBUTED)
+        if distributed is None:
+            distributed = bool((await self._fetch_on_driver("schedules.citus_installed", {}))[0][0])
+            if distributed:
+                distributed = bool((await self._fetch_on_driver("schedules.hash_distributed", {}))[0][0])
+            connection.info[_HASH_DISTRIBUTED] = distributed
+        return bool(distributed)
+
+    async def _lock_due(
+        self, now: datetime, limit: int, next_fire: NextFire, locked: dict[uuid.UUID, DueSchedule]
+    ) -> list[_Planned]:
+        """Lock up to ``limit`` due schedules whose ``next_fire`` answers, oldest first, and return their
+        claims: one locking SELECT over every conversation, and another while failed schedules took
+        places in the batch. Every schedule locked is added to ``locked``."""
+        planned: list[_Planned] = []
+        due = await self._fetch_on_driver("schedules.claim_lock", {"now": now, "limit": limit})
+        while due:
+            requested = limit - len(planned)
+            planned.extend(_plan_locked(due, now, next_fire, locked))
+            if len(planned) == limit or len(due) < requested:
+                break
+            # Schedules whose next_fire failed took places in the batch: they stay
+            # locked by this transaction (so due to it again) and are excluded here.
+            parameters = {"now": now, "limit": limit - len(planned), "seen": list(locked)}
+            due = await self._fetch_on_driver("schedules.claim_lock_excluding", parameters)
+        return planned
+
+    async def _lock_due_by_shard(
+        self, now: datetime, limit: int, next_fire: NextFire, locked: dict[uuid.UUID, DueSchedule]
+    ) -> list[list[_Planned]]:
+        """What :meth:`_lock_due` does, on Citus, with the claims grouped by shard: an unlocked scan
+        for the shards of the oldest due schedules, then one locking SELECT per shard over the scanned
+        conversations in it (another while failed schedules took places and the shard may hold more)."""
+        batches: list[list[_Planned]] = []
+        claimed = 0
+        page_size = limit * _SCANNED_PER_CLAIM
+        visited: set[uuid.UUID] = set()
+        page = await self._fetch_on_driver("schedules.claim_scan_sharded", {"now": now, "limit": page_size})
+        while page:
+            by_shard: dict[int, list[uuid.UUID]] = {}
+            for conversation_id, shard_id, _, _ in page:
+                if conversation_id not in visited:
+                    visited.add(conversation_id)
+                    by_shard.setdefault(shard_id, []).append(conversation_id)
+            shards = list(by_shard.values())
+            random.shuffle(shards)  # concurrent ticks start on different shards
+            for conversation_ids in shards:
+                batch: list[_Planned] = []
+                seen: list[uuid.UUID] = []
+                while claimed < limit:
+                    requested = limit - claimed
+                    parameters = {"now": now, "conversation_ids": conversation_ids, "seen": seen, "limit": requested}
+                    due = await self._fetch_on_driver("schedules.claim_lock_among", parameters)
+                    taken = _plan_locked(due, now, next_fire, locked)
+                    batch.extend(taken)
+                    claimed += len(taken)
+                    if len(due) < requested:
+                        break
+                    seen.extend(row[1] for row in due)
+                if batch:
+                    batches.append(batch)
+                if claimed == limit:
+                    return batches
+            if len(page) < page_size:
+                break
+            # Other ticks hold (or this one could not plan) every schedule of a full page: the next one.
+            _, _, after_next_fire_at, after_schedule_id = page[-1]
+            parameters = {
+                "now": now,
+                "after_next_fire_at": after_next_fire_at,
+                "after_schedule_id": after_schedule_id,
+                "limit": page_size,
+            }
+            page = await self._fetch_on_driver("schedules.claim_scan_sharded_after", parameters)
+        return batches
+
+    async def _write_claims(
+        self,
+        planned: Sequence[_Planned],
+        now: datetime,
+        fired: dict[uuid.UUID, uuid.UUID],
+        rescheduled: dict[uuid.UUID, Sequence[Any]],
+    ) -> None:
+        """Write the fires of ``planned`` and reschedule its schedules, in two statements (none for an
+        empty batch); add the fire of each schedule that got one to ``fired``, and each schedule's
+        row as rescheduled to ``rescheduled``."""
+        if not planned:
+            return
+        conversation_ids = [plan.conversation_id for plan in planned]
+        schedule_ids = [plan.schedule_id for plan in planned]
+        inserted = await self._fetch_on_driver(
+            "schedules.claim_fires",
+            {
+                "now": now,
+                "claimed_fire_conversation_id": conversation_ids,
+                "claimed_fire_fire_id": [uuid_utils.uuid7() for _ in planned],
+                "claimed_fire_schedule_id": schedule_ids,
+                "claimed_fire_scheduled_fire_at": [plan.period for plan in planned],
+            },
+        )
+        fired.update((schedule_id, fire_id) for schedule_id, fire_id in inserted)
+        for plan in planned:
+            if plan.schedule_id not in fired:
+                _logger.warning(
+                    "claim_due: schedule %s of conversation %s already has its fire for %s; advanced without a new one",
+                    plan.schedule_id,
+                    plan.conversation_id,
+                    plan.period.isoformat(),
+                )
+        rescheduled_rows = await self._fetch_on_driver(
+            "schedules.claim_reschedule",
+            {
+                "claimed_conversation_id": conversation_ids,
+                "claimed_schedule_id": schedule_ids,
+                "claimed_next_fire_at": [plan.following for plan in planned],
+                "claimed_status": [plan.status for plan in planned],
+                # Stamped only where a fire was written: an advanced period did not fire.
+                "claimed_last_fired_at": [now if plan.schedule_id in fired else plan.last_fired_at for plan in planned],
+            },
+        )
+        rescheduled.update((row[1], row) for row in rescheduled_rows)
 
     def _refresh_held_schedules(
         self, locked: Mapping[uuid.UUID, DueSchedule], rescheduled: Mapping[uuid.UUID, Sequence[Any]]
@@ -467,16 +593,17 @@ class WakeScheduleRepository(PartitionedRepository[WakeSchedule]):
         }
 
 
-@dataclass(frozen=True, slots=True)
-class _Planned:
-    """One schedule of a claim, read before ``next_fire`` could touch it, and what the claim sets."""
-
-    conversation_id: uuid.UUID
-    schedule_id: uuid.UUID
-    period: datetime
-    last_fired_at: datetime | None
-    following: datetime | None
-    status: enums.ScheduleStatus
+def _plan_locked(
+    rows: Sequence[Sequence[Any]], now: datetime, next_fire: NextFire, locked: dict[uuid.UUID, DueSchedule]
+) -> list[_Planned]:
+    """The claims of the schedules a locking SELECT returned, those whose ``next_fire`` answers;
+    every schedule returned is added to ``locked``."""
+    planned = []
+    for row in rows:
+        schedule = locked[row[1]] = DueSchedule(*row)
+        if (plan := _planned(schedule, now, next_fire)) is not None:
+            planned.append(plan)
+    return planned
 
 
 def _planned(schedule: DueSchedule, now: datetime, next_fire: NextFire) -> _Planned | None:
