@@ -249,9 +249,17 @@ def _libpq(url: str) -> str:
     return url.replace("postgresql+asyncpg://", "postgresql://")
 
 
-# claim_due's batch statements: each names the conversations of its batch, which span shards.
+# claim_due's: its batch statements, each naming the conversations of a batch that spans shards on
+# plain PostgreSQL (tests/test_citus_claims.py checks what it sends on Citus), and its catalog queries.
 TICK_STATEMENTS = frozenset(
-    {"schedules.claim_lock", "schedules.claim_lock_excluding", "schedules.claim_fires", "schedules.claim_reschedule"}
+    {
+        "schedules.claim_lock",
+        "schedules.claim_lock_excluding",
+        "schedules.claim_fires",
+        "schedules.claim_reschedule",
+        "schedules.citus_installed",
+        "schedules.hash_distributed",
+    }
 )
 
 
