@@ -322,11 +322,34 @@ async def test_every_partition_scoped_statement_is_a_single_shard_query_on_citus
         arguments = [sample(parameter, conversation_id) for parameter in prepared.get_parameters()]
         try:
             plan = json.loads(await distributed_connection.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *arguments))
-        except asyncpg.PostgresError as exc:
-            task_counts[name] = [f"{type(exc).__name__}: {exc}"]
-            continue
+        except asyncpg.UndefinedObjectError:
+            # Citus cannot EXPLAIN an INSERT ... SELECT with parameters ("no value found for
+            # parameter 1"), though it runs one: the same values written into the text instead.
+            plan = json.loads(await distributed_connection.fetchval(f"EXPLAIN (FORMAT JSON) {inlined(sql, arguments)}"))
         task_counts[name] = _task_counts(plan)
     assert {name: counts for name, counts in task_counts.items() if counts != [1]} == {}
+
+
+def inlined(sql: str, arguments: list[Any]) -> str:
+    """``sql`` with each ``$n`` replaced by a literal of its argument (the sample values: uuids,
+    instants, numbers, text, lists of those), last first so that $1 does not match inside $10."""
+    for position in range(len(arguments), 0, -1):
+        sql = sql.replace(f"${position}", _literal(arguments[position - 1]))
+    return sql
+
+
+def _literal(value: Any) -> str:
+    if isinstance(value, list):
+        return "ARRAY[" + ", ".join(_literal(each) for each in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, datetime):
+        return f"'{value.isoformat()}'"
+    if isinstance(value, bytes):
+        return "'\\x" + value.hex() + "'"
+    return "'" + str(value).replace("'", "''") + "'"
 
 
 def _task_counts(plan: Any) -> list[int]:

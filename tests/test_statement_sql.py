@@ -200,19 +200,18 @@ PINNED: dict[str, str] = {
     ),
     "fires.create_dispatching_from_schedule": (
         "INSERT INTO wake_fires (conversation_id, fire_id, schedule_id, webhook_subscription_id, "
-        "scheduled_fire_at, actual_fired_at, status) SELECT agent_wake_schedules.conversation_id, "
-        "$1::UUID AS anon_1, agent_wake_schedules.schedule_id, NULL AS anon_2, $2::TIMESTAMP WITH TIME ZONE AS anon_3, "
-        "coalesce($3::TIMESTAMP WITH TIME ZONE, now()) AS coalesce_1, 'dispatching' \nFROM "
-        "agent_wake_schedules \nWHERE agent_wake_schedules.conversation_id = $4::UUID AND "
+        "scheduled_fire_at, actual_fired_at, status) SELECT $1::UUID AS anon_1, $2::UUID AS anon_2, "
+        "agent_wake_schedules.schedule_id, NULL AS anon_3, $3::TIMESTAMP WITH TIME ZONE AS anon_4, "
+        "coalesce($4::TIMESTAMP WITH TIME ZONE, now()) AS coalesce_1, 'dispatching' \nFROM "
+        "agent_wake_schedules \nWHERE agent_wake_schedules.conversation_id = $1::UUID AND "
         "agent_wake_schedules.schedule_id = $5::UUID"
     ),
     "fires.create_dispatching_from_subscription": (
         "INSERT INTO wake_fires (conversation_id, fire_id, schedule_id, webhook_subscription_id, "
-        "scheduled_fire_at, actual_fired_at, status) SELECT webhook_subscriptions.conversation_id, "
-        "$1::UUID AS anon_1, NULL AS anon_2, webhook_subscriptions.subscription_id, "
-        "$2::TIMESTAMP WITH TIME ZONE AS anon_3, "
-        "coalesce($3::TIMESTAMP WITH TIME ZONE, now()) AS coalesce_1, 'dispatching' \nFROM "
-        "webhook_subscriptions \nWHERE webhook_subscriptions.conversation_id = $4::UUID AND "
+        "scheduled_fire_at, actual_fired_at, status) SELECT $1::UUID AS anon_1, $2::UUID AS anon_2, "
+        "NULL AS anon_3, webhook_subscriptions.subscription_id, $3::TIMESTAMP WITH TIME ZONE AS anon_4, "
+        "coalesce($4::TIMESTAMP WITH TIME ZONE, now()) AS coalesce_1, 'dispatching' \nFROM "
+        "webhook_subscriptions \nWHERE webhook_subscriptions.conversation_id = $1::UUID AND "
         "webhook_subscriptions.subscription_id = $5::UUID"
     ),
     "fires.finalize_success": (

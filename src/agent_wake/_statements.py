@@ -250,11 +250,12 @@ def _dispatching_from(source: type[WakeSchedule] | type[WebhookSubscription], id
     table = table_of(source)
     source_id = table.c[id_column]
     fire_source = (source_id, null()) if source is WakeSchedule else (null(), source_id)
-    # The source row's own conversation_id (equal to the parameter, by the
-    # WHERE): on Citus an INSERT ... SELECT between colocated tables that keeps
-    # the distribution column runs on the shard, instead of through the coordinator.
+    # The conversation_id as a parameter, not the source row's column: with the
+    # column, Citus pushes the INSERT ... SELECT down to the shard, where its
+    # RETURNING wake_fires.* fails ("missing FROM-clause entry"); with the
+    # parameter it reads the source on its shard and inserts through the coordinator.
     row = select(
-        table.c[PARTITION_COLUMN],
+        bindparam(PARTITION_COLUMN, type_=_UUID),
         bindparam("fire_id", type_=_UUID),
         *fire_source,
         bindparam("scheduled_fire_at", type_=_INSTANT),
