@@ -31,6 +31,15 @@ from tests.clock import NOW, in_minutes
 HOUR = timedelta(hours=1)
 LONG_AGO = NOW - 10_000 * HOUR  # before every schedule the tests make
 
+# On Citus, claim_due takes another path (an unlocked scan, then per shard), which
+# tests/test_citus_claims.py covers; these tests pin the single server's.
+PLAIN_SQL_ON_CITUS = pytest.mark.not_on_citus(
+    "pins the statements of the single-server claim; on Citus claim_due sends others (tests/test_citus_claims.py)"
+)
+ORDER_ON_CITUS = pytest.mark.not_on_citus(
+    "on Citus a batch takes each shard's oldest due schedules, not the oldest overall (README, The tick)"
+)
+
 
 def hourly_catch_up(schedule: WakeSchedule, now: datetime) -> datetime | None:
     """The next missed period: one hour after the claimed one."""
@@ -117,6 +126,7 @@ async def test_claimed_schedules_show_what_was_stored_with_nothing_left_to_flush
     assert {claim.schedule_status for claim in claims} == {"active", "expired"}
 
 
+@ORDER_ON_CITUS
 async def test_claim_due_takes_the_oldest_first_up_to_the_limit(
     wake_factory: WakeFactory, wake_session: AsyncSession
 ) -> None:
@@ -193,6 +203,7 @@ async def test_a_schedule_whose_next_fire_fails_is_left_due_and_the_rest_are_cla
     assert logged in caplog.text
 
 
+@PLAIN_SQL_ON_CITUS
 async def test_broken_schedules_that_fill_the_batch_do_not_starve_a_healthy_one(
     wake_factory: WakeFactory, wake_session: AsyncSession
 ) -> None:
@@ -263,6 +274,7 @@ async def test_claim_due_refuses_bad_arguments(wake_session: AsyncSession) -> No
     assert caught.value.field == "next_fire"
 
 
+@PLAIN_SQL_ON_CITUS
 @pytest.mark.parametrize("batch", [3, 1_500])
 async def test_a_batch_costs_three_statements_whatever_its_size(
     wake_engine: AsyncEngine, wake_secrets: Any, batch: int
@@ -503,6 +515,7 @@ async def _claim_watching_the_driver(session: AsyncSession, monkeypatch: pytest.
     return sent_on_driver
 
 
+@PLAIN_SQL_ON_CITUS
 async def test_the_claim_runs_on_the_driver_connection_when_only_agent_wake_listens(
     wake_factory: WakeFactory, wake_session: AsyncSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -515,6 +528,7 @@ async def test_the_claim_runs_on_the_driver_connection_when_only_agent_wake_list
     assert [statement.sql for statement in captured][1:] == sent_on_driver  # the guard and capture_sql saw them
 
 
+@PLAIN_SQL_ON_CITUS
 async def test_the_claim_goes_through_sqlalchemy_when_others_listen_to_the_engine(
     wake_factory: WakeFactory, wake_session: AsyncSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -541,6 +555,7 @@ def test_a_due_schedule_has_the_table_columns_in_their_order() -> None:
     )
 
 
+@PLAIN_SQL_ON_CITUS
 async def test_the_first_claim_on_a_connection_asks_once_whether_the_schedules_are_distributed(
     wake_factory: WakeFactory, wake_session: AsyncSession
 ) -> None:
