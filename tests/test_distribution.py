@@ -203,10 +203,24 @@ def test_the_distribute_command_reports_per_schema(citus_database: str) -> None:
     assert "public: already re-keyed and distributed" in again.stdout
 
 
+@pytest.fixture
+async def single_server_database(citus_cluster: str) -> AsyncIterator[str]:
+    """A plain database (no Citus in it) on the coordinator's server: the single server being
+    moved, of the same PostgreSQL version as the cluster, as pg_dump needs."""
+    name = f"agent_wake_single_{uuid.uuid4().hex[:10]}"
+    server = await asyncpg.connect(_libpq(citus_cluster))
+    try:
+        await server.execute(f'CREATE DATABASE "{name}"')
+        yield citus_cluster.rsplit("/", 1)[0] + f"/{name}"
+        await server.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await server.close()
+
+
 async def test_a_populated_database_moves_onto_citus_with_every_row(
-    scratch_databases: ScratchDatabases, citus_database: str
+    single_server_database: str, citus_database: str
 ) -> None:
-    single = await scratch_databases.create()
+    single = single_server_database
     await migrated_and_seeded(single)
     before = await on_connection(single, dump, "public")
 
