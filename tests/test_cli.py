@@ -65,7 +65,8 @@ async def test_adopt_then_upgrade_every_agent_schema(scratch_databases: ScratchD
     assert dry.returncode == 0
     assert f"{AGENT_A}: would run agent_wake_0004" in dry.stdout
     assert upgraded.returncode == 0, upgraded.stdout + upgraded.stderr
-    assert await on_connection(url, versions, AGENT_A) == await on_connection(url, versions, AGENT_B)
+    assert await on_connection(url, versions, AGENT_A) == {"agent_wake_0008"}
+    assert await on_connection(url, versions, AGENT_B) == {"agent_wake_0008"}
     assert await on_connection(url, versions, "public") is None
 
 

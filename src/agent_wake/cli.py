@@ -23,7 +23,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import timedelta
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from sqlalchemy import pool, text
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -31,9 +31,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from agent_wake import maintenance
 from agent_wake._progress import ProgressBar
-from agent_wake.adoption import AdoptionRefusedError, UpgradeFailedError, adopt_schema, upgrade_schema
+from agent_wake.adoption import (
+    AdoptionRefusedError,
+    SchemaAdoption,
+    SchemaUpgrade,
+    UpgradeFailedError,
+    adopt_schema,
+    upgrade_schema,
+)
 from agent_wake.database import create_engine_and_session_factory, resolve_database_url, validate_schema_name
-from agent_wake.distribution import DistributionRefusedError, distribute_schema
+from agent_wake.distribution import Distribution, DistributionRefusedError, distribute_schema
 from agent_wake.doctor import examine_schema
 from agent_wake.errors import AgentWakeError, InvalidInputError, SecretDecryptionError, first_line
 from agent_wake.schedule_configs import delay_seconds
@@ -47,6 +54,7 @@ EXIT_USAGE: Final = 2
 EXIT_DATABASE: Final = 3
 KEYS_VARIABLE: Final = "AGENT_WAKE_SECRET_KEYS"
 
+_Outcome = TypeVar("_Outcome")
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 
@@ -133,59 +141,30 @@ def _duration(value: str) -> timedelta:
 
 
 async def _adopt(args: argparse.Namespace) -> int:
-    async def adopt(engine: AsyncEngine, schema: str) -> bool:
-        async with engine.connect() as connection:
-            try:
-                adoption = await connection.run_sync(adopt_schema, schema, dry_run=args.dry_run)
-            except AdoptionRefusedError as exc:
-                _say(f"{schema}: refused: {exc.reason}")
-                return False
-            except (DBAPIError, AgentWakeError) as exc:
-                _say(f"{schema}: failed: {first_line(exc)}")
-                return False
+    def report(schema: str, adoption: SchemaAdoption) -> None:
         verb = "stamped" if adoption.stamped else "would stamp"
         upcoming = ", ".join(adoption.pending) or "nothing"
         _say(
             f"{schema}: step {adoption.step} of the older runner; {verb} {adoption.revision}; upgrade runs next: "
             f"{upcoming}"
         )
-        return True
 
-    return await _each_schema(args, "adopt", adopt, stop_at_failure=False)
+    return await _each_schema(args, "adopt", adopt_schema, report, stop_at_failure=False)
 
 
 async def _upgrade(args: argparse.Namespace) -> int:
-    async def upgrade(engine: AsyncEngine, schema: str) -> bool:
-        async with engine.connect() as connection:
-            try:
-                upgrade = await connection.run_sync(upgrade_schema, schema, dry_run=args.dry_run)
-            except AdoptionRefusedError as exc:
-                _say(f"{schema}: refused: {exc}")
-                return False
-            except (DBAPIError, AgentWakeError) as exc:
-                _say(f"{schema}: failed: {exc if isinstance(exc, UpgradeFailedError) else first_line(exc)}")
-                return False
+    def report(schema: str, upgrade: SchemaUpgrade) -> None:
         if not upgrade.applied:
             _say(f"{schema}: at head ({', '.join(upgrade.before)})")
         else:
             verb = "would run" if upgrade.dry_run else "ran"
             _say(f"{schema}: {verb} {', '.join(upgrade.applied)}")
-        return True
 
-    return await _each_schema(args, "upgrade", upgrade, stop_at_failure=True)
+    return await _each_schema(args, "upgrade", upgrade_schema, report, stop_at_failure=True)
 
 
 async def _distribute(args: argparse.Namespace) -> int:
-    async def distribute(engine: AsyncEngine, schema: str) -> bool:
-        async with engine.connect() as connection:
-            try:
-                done = await connection.run_sync(distribute_schema, schema, dry_run=args.dry_run)
-            except DistributionRefusedError as exc:
-                _say(f"{schema}: refused: {exc.reason}")
-                return False
-            except (DBAPIError, AgentWakeError) as exc:
-                _say(f"{schema}: failed: {first_line(exc)}")
-                return False
+    def report(schema: str, done: Distribution) -> None:
         steps = [step for step, due in (("re-key", done.rekeyed), ("distribute on Citus", done.distributed)) if due]
         if not steps:
             where = "re-keyed and distributed" if done.citus else "re-keyed (no Citus here: not distributed)"
@@ -194,9 +173,8 @@ async def _distribute(args: argparse.Namespace) -> int:
             _say(f"{schema}: would {' and '.join(steps)}")
         else:
             _say(f"{schema}: {' and '.join(_DONE[step] for step in steps)}")
-        return True
 
-    return await _each_schema(args, "distribute", distribute, stop_at_failure=True)
+    return await _each_schema(args, "distribute", distribute_schema, report, stop_at_failure=True)
 
 
 _DONE: Final = {"re-key": "re-keyed", "distribute on Citus": "distributed on Citus"}
@@ -259,10 +237,14 @@ async def _doctor(args: argparse.Namespace) -> int:
 async def _each_schema(
     args: argparse.Namespace,
     label: str,
-    work: Callable[[AsyncEngine, str], Awaitable[bool]],
+    job: Callable[..., _Outcome],
+    report: Callable[[str, _Outcome], None],
     *,
     stop_at_failure: bool,
 ) -> int:
+    """Run ``job(connection, schema, dry_run=...)`` on each matching schema, on a connection
+    of its own, and ``report`` what it returns; a refusal or a database error is said for its
+    schema, and with ``stop_at_failure`` ends the run there."""
     engine = create_async_engine(resolve_database_url(args.url), poolclass=pool.NullPool)
     failed = 0
     try:
@@ -271,13 +253,24 @@ async def _each_schema(
         try:
             for done, schema in enumerate(schemas):
                 bar.update(done, len(schemas))
-                if not await work(engine, schema):
-                    failed += 1
-                    if stop_at_failure:
-                        left = schemas[done + 1 :]
-                        if left:
-                            _say(f"not attempted: {', '.join(left)}")
-                        break
+                try:
+                    async with engine.connect() as connection:
+                        outcome = await connection.run_sync(job, schema, dry_run=args.dry_run)
+                except (AdoptionRefusedError, DistributionRefusedError) as exc:
+                    _say(f"{schema}: refused: {exc.reason}")
+                except UpgradeFailedError as exc:
+                    _say(f"{schema}: failed: {exc}")
+                except (DBAPIError, AgentWakeError) as exc:
+                    _say(f"{schema}: failed: {first_line(exc)}")
+                else:
+                    report(schema, outcome)
+                    continue
+                failed += 1
+                if stop_at_failure:
+                    left = schemas[done + 1 :]
+                    if left:
+                        _say(f"not attempted: {', '.join(left)}")
+                    break
             else:
                 bar.update(len(schemas), len(schemas))
         finally:
